@@ -1,0 +1,57 @@
+# The two commands a fresh machine needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+HOST ?= 127.0.0.1
+# llama-cpp-python compiles llama.cpp on install. A -march=native build turns on
+# AMX on recent Xeons, and llama.cpp's AMX matmul segfaults on Gemma 3 there; an
+# AVX2 build is portable across x86-64 machines and is built once per machine
+# into a wheelhouse that later installs (and other clones) reuse.
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+WHEELHOUSE := $(HOME)/.cache/llmsite/wheels-avx2
+
+.PHONY: install run test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+	ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-deps --no-cache-dir \
+	    -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
+	$(BIN)/pip install --no-deps --no-index --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python manage.py prepare_model
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput -v 0
+	@$(BIN)/python manage.py create_api_key --tenant demo --name demo > $(VENV)/demo-key.txt
+	@echo "Demo API key (shown once; tenant 'demo'):"
+	@tail -n 1 $(VENV)/demo-key.txt && rm -f $(VENV)/demo-key.txt
+	@echo "Serving on http://$(HOST):$(PORT)  (OpenAI base URL: http://$(HOST):$(PORT)/v1)"
+	LLMSITE_PRELOAD=1 $(BIN)/daphne -b $(HOST) -p $(PORT) llmsite.asgi:application
+
+test: $(STAMP)
+	$(BIN)/python manage.py prepare_model
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/pip install -e ".[dev,bench]"
+	$(BIN)/python bench/bench_decode.py
+
+clean:
+	rm -rf $(VENV) var staticfiles

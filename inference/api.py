@@ -1,0 +1,170 @@
+"""The OpenAI-compatible REST endpoints. Thin: validate, call a service, render."""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework.response import Response
+
+from inference import selectors, services
+from inference.serializers import (
+    ChatCompletionRequestSerializer,
+    CompletionRequestSerializer,
+    EmbeddingRequestSerializer,
+)
+from llmsite.drf import AsyncAPIView
+
+ERRORS = {
+    400: OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid request (OpenAI error object)"),
+    401: OpenApiResponse(OpenApiTypes.OBJECT, description="Missing or invalid API key"),
+    404: OpenApiResponse(OpenApiTypes.OBJECT, description="Model not found"),
+    413: OpenApiResponse(OpenApiTypes.OBJECT, description="Request body too large"),
+    503: OpenApiResponse(OpenApiTypes.OBJECT, description="Model loading or unavailable"),
+}
+
+
+def _model_object(model) -> dict:
+    return {
+        "id": model.model_id,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": model.owned_by,
+    }
+
+
+def _validated(serializer_class, request) -> dict:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _respond(result) -> Response | StreamingHttpResponse:
+    if isinstance(result, dict):
+        return Response(result)
+    response = StreamingHttpResponse(result, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+class ModelListView(AsyncAPIView):
+    @extend_schema(
+        operation_id="listModels",
+        tags=["Models"],
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401]},
+        examples=[
+            OpenApiExample(
+                "models",
+                response_only=True,
+                value={
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": "gemma-3-270m",
+                            "object": "model",
+                            "created": 1767225600,
+                            "owned_by": "llmsite",
+                        }
+                    ],
+                },
+            )
+        ],
+    )
+    async def get(self, request):
+        models = await sync_to_async(selectors.model_list)(tenant=request.user.tenant)
+        return Response({"object": "list", "data": [_model_object(m) for m in models]})
+
+
+class ModelDetailView(AsyncAPIView):
+    @extend_schema(
+        operation_id="retrieveModel",
+        tags=["Models"],
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 404: ERRORS[404]},
+    )
+    async def get(self, request, model_id: str):
+        model = await sync_to_async(selectors.model_get)(
+            tenant=request.user.tenant, model_id=model_id
+        )
+        return Response(_model_object(model))
+
+
+class CompletionView(AsyncAPIView):
+    @extend_schema(
+        operation_id="createCompletion",
+        tags=["Completions"],
+        request=CompletionRequestSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        examples=[
+            OpenApiExample(
+                "completion",
+                request_only=True,
+                value={
+                    "model": "gemma-3-270m",
+                    "prompt": "The capital of France is",
+                    "max_tokens": 8,
+                    "temperature": 0,
+                },
+            )
+        ],
+        description="Text completion. With `stream: true` the response is `text/event-stream`.",
+    )
+    async def post(self, request):
+        data = _validated(CompletionRequestSerializer, request)
+        return _respond(
+            await services.completion_create(
+                principal=request.user, data=data, request_id=request._request.request_id
+            )
+        )
+
+
+class ChatCompletionView(AsyncAPIView):
+    @extend_schema(
+        operation_id="createChatCompletion",
+        tags=["Chat"],
+        request=ChatCompletionRequestSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        examples=[
+            OpenApiExample(
+                "chat",
+                request_only=True,
+                value={
+                    "model": "gemma-3-270m",
+                    "messages": [{"role": "user", "content": "Say hello."}],
+                    "max_tokens": 16,
+                },
+            )
+        ],
+        description="Chat completion. With `stream: true` the response is `text/event-stream`.",
+    )
+    async def post(self, request):
+        data = _validated(ChatCompletionRequestSerializer, request)
+        return _respond(
+            await services.chat_completion_create(
+                principal=request.user, data=data, request_id=request._request.request_id
+            )
+        )
+
+
+class EmbeddingView(AsyncAPIView):
+    @extend_schema(
+        operation_id="createEmbedding",
+        tags=["Embeddings"],
+        request=EmbeddingRequestSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        examples=[
+            OpenApiExample(
+                "embedding",
+                request_only=True,
+                value={"model": "gemma-3-270m", "input": ["first text", "second text"]},
+            )
+        ],
+    )
+    async def post(self, request):
+        data = _validated(EmbeddingRequestSerializer, request)
+        return Response(
+            await services.embedding_create(
+                principal=request.user, data=data, request_id=request._request.request_id
+            )
+        )

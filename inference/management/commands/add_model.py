@@ -1,0 +1,51 @@
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from inference.chat_formats import CHAT_FORMATS
+from inference.engine import ModelLoadError, check_gguf
+from inference.models import LLMModel, model_id_validator
+
+
+class Command(BaseCommand):
+    help = "Register a GGUF model (or update the one with that id)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("model_id", help="the id clients send as `model`")
+        parser.add_argument("path", help="path to the .gguf file")
+        parser.add_argument("--n-ctx", type=int, default=2048)
+        parser.add_argument("--n-threads", type=int, default=None)
+        parser.add_argument("--n-batch", type=int, default=512)
+        parser.add_argument("--chat-format", choices=sorted(CHAT_FORMATS), default="gemma")
+        parser.add_argument("--no-embeddings", action="store_true")
+        parser.add_argument("--disabled", action="store_true")
+
+    def handle(self, *args, model_id, path, **opts):
+        try:
+            model_id_validator(model_id)
+        except ValidationError as exc:
+            raise CommandError(f"invalid model id {model_id!r}: {exc.messages[0]}") from exc
+        gguf = Path(path).expanduser().resolve()
+        try:
+            check_gguf(gguf)
+        except ModelLoadError as exc:
+            raise CommandError(str(exc)) from exc
+        if opts["n_ctx"] < 16 or opts["n_batch"] < 1:
+            raise CommandError("--n-ctx must be at least 16 and --n-batch at least 1")
+        if opts["n_threads"] is not None and opts["n_threads"] < 1:
+            raise CommandError("--n-threads must be at least 1")
+        model, created = LLMModel.objects.update_or_create(
+            model_id=model_id,
+            defaults={
+                "path": str(gguf),
+                "n_ctx": opts["n_ctx"],
+                "n_threads": opts["n_threads"],
+                "n_batch": opts["n_batch"],
+                "chat_format": opts["chat_format"],
+                "embeddings": not opts["no_embeddings"],
+                "enabled": not opts["disabled"],
+            },
+        )
+        verb = "Registered" if created else "Updated"
+        self.stdout.write(f"{verb} model {model.model_id} -> {gguf}")

@@ -1,0 +1,337 @@
+"""Input validation for the OpenAI-compatible endpoints.
+
+Every request field is either supported or refused by name: a parameter
+OpenAI defines that llmsite does not implement gets a 400 naming it, and an
+unknown one gets OpenAI's "Unrecognized request argument" 400.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from llmsite.errors import InvalidRequest, UnsupportedParameter
+
+MAX_PROMPTS = 32
+MAX_EMBEDDING_INPUTS = 256
+MAX_STOP = 4
+MAX_STOP_LEN = 256
+MAX_MESSAGES = 512
+MAX_N = 8
+
+# OpenAI parameters llmsite knows about but does not implement (yet).
+UNSUPPORTED = {
+    "best_of",
+    "suffix",
+    "logit_bias",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "audio",
+    "modalities",
+    "prediction",
+    "reasoning_effort",
+    "web_search_options",
+    "service_tier",
+    "store",
+    "metadata",
+    "dimensions",
+    "verbosity",
+    "prompt_cache_key",
+    "safety_identifier",
+}
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not declare, naming the first one."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+        for key in data:
+            if key in self.fields:
+                continue
+            if key in UNSUPPORTED:
+                raise UnsupportedParameter(
+                    f"The parameter `{key}` is not supported by this server.", param=key
+                )
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: {key}",
+                param=key,
+                code="unknown_parameter",
+            )
+        return super().to_internal_value(data)
+
+
+def _is_int_list(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in value
+    )
+
+
+_TOKENS = {"type": "array", "items": {"type": "integer"}}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}},
+            _TOKENS,
+            {"type": "array", "items": _TOKENS},
+        ]
+    }
+)
+class PromptField(serializers.Field):
+    """A string, a list of strings, a token array, or a list of token arrays.
+
+    Normalised to a list whose items are `str` or `list[int]`.
+    """
+
+    def __init__(self, *, max_items: int, **kwargs) -> None:
+        self.max_items = max_items
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) or (_is_int_list(data) and data):
+            items = [data]
+        elif isinstance(data, list) and data:
+            items = data
+            for index, item in enumerate(items):
+                if not (isinstance(item, str) or (_is_int_list(item) and item)):
+                    raise serializers.ValidationError(
+                        f"item {index} must be a string or a non-empty array of token ids"
+                    )
+        else:
+            raise serializers.ValidationError(
+                "must be a string, an array of strings, or an array of token ids"
+            )
+        if len(items) > self.max_items:
+            raise serializers.ValidationError(f"at most {self.max_items} items are accepted")
+        return items
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field(
+    {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]}
+)
+class StopField(serializers.Field):
+    def to_internal_value(self, data):
+        if data is None:
+            return []
+        items = [data] if isinstance(data, str) else data
+        if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+            raise serializers.ValidationError("must be a string or an array of strings")
+        if len(items) > MAX_STOP:
+            raise serializers.ValidationError(f"at most {MAX_STOP} stop sequences are accepted")
+        if any(len(s) > MAX_STOP_LEN for s in items):
+            raise serializers.ValidationError(f"stop sequences are at most {MAX_STOP_LEN} chars")
+        return [s for s in items if s]
+
+    def to_representation(self, value):
+        return value
+
+
+class StreamOptionsSerializer(StrictSerializer):
+    include_usage = serializers.BooleanField(required=False, default=False)
+
+
+class SamplingSerializer(StrictSerializer):
+    model = serializers.CharField(max_length=128)
+    max_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    temperature = serializers.FloatField(
+        min_value=0, max_value=2, required=False, allow_null=True, default=1.0
+    )
+    top_p = serializers.FloatField(
+        min_value=0, max_value=1, required=False, allow_null=True, default=1.0
+    )
+    n = serializers.IntegerField(
+        min_value=1, max_value=MAX_N, required=False, allow_null=True, default=1
+    )
+    stop = StopField(required=False, allow_null=True, default=list)
+    seed = serializers.IntegerField(required=False, allow_null=True, default=None)
+    presence_penalty = serializers.FloatField(
+        min_value=-2, max_value=2, required=False, allow_null=True, default=0.0
+    )
+    frequency_penalty = serializers.FloatField(
+        min_value=-2, max_value=2, required=False, allow_null=True, default=0.0
+    )
+    stream = serializers.BooleanField(required=False, allow_null=True, default=False)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True, default=None)
+    user = serializers.CharField(
+        max_length=256, required=False, allow_blank=True, allow_null=True, default=""
+    )
+
+    def validate(self, attrs):
+        defaults = {
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "n": 1,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "stream": False,
+            "user": "",
+            "stop": [],
+        }
+        for name, value in defaults.items():
+            if attrs.get(name) is None:
+                attrs[name] = value
+        if attrs.get("stream_options") and not attrs["stream"]:
+            raise InvalidRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+                code="invalid_value",
+            )
+        attrs["include_usage"] = bool((attrs.get("stream_options") or {}).get("include_usage"))
+        return attrs
+
+
+class CompletionRequestSerializer(SamplingSerializer):
+    prompt = PromptField(max_items=MAX_PROMPTS)
+    logprobs = serializers.IntegerField(min_value=0, max_value=5, required=False, allow_null=True)
+    echo = serializers.BooleanField(required=False, default=False)
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        if attrs.get("echo") and attrs.get("logprobs") is not None:
+            raise UnsupportedParameter(
+                "`logprobs` together with `echo` (prompt logprobs) is not supported.",
+                param="echo",
+            )
+        return attrs
+
+
+class ContentPartSerializer(StrictSerializer):
+    type = serializers.CharField()
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and data.get("type") not in (None, "text"):
+            raise UnsupportedParameter(
+                f"Content parts of type `{data.get('type')}` are not supported; only `text`.",
+                param="content.type",
+            )
+        return super().to_internal_value(data)
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string", "enum": ["text"]},
+                        "text": {"type": "string"},
+                    },
+                    "required": ["type", "text"],
+                },
+            },
+        ]
+    }
+)
+class ContentField(serializers.Field):
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            return data
+        if isinstance(data, list):
+            parts = []
+            for index, part in enumerate(data):
+                serializer = ContentPartSerializer(data=part)
+                if not serializer.is_valid():
+                    raise serializers.ValidationError({index: serializer.errors})
+                parts.append(serializer.validated_data["text"])
+            return "".join(parts)
+        raise serializers.ValidationError("must be a string or an array of text parts")
+
+    def to_representation(self, value):
+        return value
+
+
+class MessageSerializer(StrictSerializer):
+    ROLES = ("system", "developer", "user", "assistant")
+
+    role = serializers.CharField()
+    content = ContentField()
+    name = serializers.CharField(max_length=64, required=False)
+    refusal = serializers.CharField(required=False, allow_null=True)
+
+    def validate_role(self, value):
+        if value in ("tool", "function"):
+            raise UnsupportedParameter(
+                f"Messages with role `{value}` are not supported (no tool calling yet).",
+                param="role",
+            )
+        if value not in self.ROLES:
+            raise serializers.ValidationError(f"must be one of {', '.join(self.ROLES)}")
+        return "system" if value == "developer" else value
+
+
+class JsonSchemaSerializer(StrictSerializer):
+    name = serializers.CharField(max_length=64)
+    description = serializers.CharField(required=False, allow_blank=True)
+    schema = serializers.DictField(required=False, default=dict)
+    strict = serializers.BooleanField(required=False, allow_null=True)
+
+
+class ResponseFormatSerializer(StrictSerializer):
+    type = serializers.ChoiceField(choices=["text", "json_object", "json_schema"])
+    json_schema = JsonSchemaSerializer(required=False)
+
+    def validate(self, attrs):
+        if attrs["type"] == "json_schema" and "json_schema" not in attrs:
+            raise serializers.ValidationError(
+                {"json_schema": "is required when type is json_schema"}
+            )
+        return attrs
+
+
+class ChatCompletionRequestSerializer(SamplingSerializer):
+    messages = serializers.ListField(
+        child=MessageSerializer(), min_length=1, max_length=MAX_MESSAGES
+    )
+    max_completion_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    logprobs = serializers.BooleanField(required=False, allow_null=True, default=False)
+    top_logprobs = serializers.IntegerField(
+        min_value=0, max_value=20, required=False, allow_null=True
+    )
+    response_format = ResponseFormatSerializer(required=False, allow_null=True)
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        if attrs.get("max_completion_tokens") is not None:
+            if attrs.get("max_tokens") is not None:
+                raise InvalidRequest(
+                    "Set either 'max_tokens' or 'max_completion_tokens', not both.",
+                    param="max_tokens",
+                    code="invalid_value",
+                )
+            attrs["max_tokens"] = attrs["max_completion_tokens"]
+        if attrs.get("top_logprobs") is not None and not attrs.get("logprobs"):
+            raise InvalidRequest(
+                "'top_logprobs' requires 'logprobs' to be true.",
+                param="top_logprobs",
+                code="invalid_value",
+            )
+        return attrs
+
+
+class EmbeddingRequestSerializer(StrictSerializer):
+    model = serializers.CharField(max_length=128)
+    input = PromptField(max_items=MAX_EMBEDDING_INPUTS)
+    encoding_format = serializers.ChoiceField(
+        choices=["float", "base64"], required=False, default="float"
+    )
+    user = serializers.CharField(max_length=256, required=False, allow_blank=True, default="")
+
+    def validate_input(self, value):
+        for index, item in enumerate(value):
+            if isinstance(item, str) and not item:
+                raise serializers.ValidationError(f"item {index} is an empty string")
+        return value

@@ -1,0 +1,631 @@
+"""Completions, chat completions and embeddings: validated input in, OpenAI's shapes out.
+
+Each service resolves the model through the caller's tenant, turns the request
+into token ids, checks it against the context, queues it on the model's
+engine, and shapes the result. Streams are async iterators of SSE bytes. The
+usage record is written in a `finally`, so a request that fails or a client
+that disconnects is still accounted for exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from accounts.authentication import Principal
+from billing.services import usage_record
+from inference.chat_formats import CHAT_FORMATS, render_chat
+from inference.engine import (
+    EmbeddingResult,
+    EngineError,
+    Finished,
+    LlamaEngine,
+    ModelLoadError,
+    SamplingParams,
+    TextDelta,
+)
+from inference.models import LLMModel
+from inference.registry import registry
+from inference.selectors import model_get
+from llmsite.errors import (
+    APIError,
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelUnavailable,
+    internal_error,
+    to_api_error,
+)
+
+logger = logging.getLogger("llmsite.inference")
+
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+# -- request accounting ---------------------------------------------------------
+@dataclass
+class Accounting:
+    """What one request used; written as exactly one usage record when it ends."""
+
+    principal: Principal
+    endpoint: str
+    request_id: str
+    model_id: str = ""
+    end_user: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    status: str = "ok"
+    error_code: str = ""
+    _written: bool = False
+
+    def first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self.status = "cancelled"
+            return
+        self.status = "error"
+        err = to_api_error(exc) if isinstance(exc, Exception) else None
+        self.error_code = (err.code if err else None) or "internal_error"
+
+    async def write(self) -> None:
+        if self._written:
+            return
+        self._written = True
+        ttft = int((self.first_token_at - self.started) * 1000) if self.first_token_at else None
+        record = sync_to_async(usage_record)
+        # Shielded: a client that disconnects cancels us, but its usage still lands.
+        await asyncio.shield(
+            record(
+                tenant=self.principal.tenant,
+                api_key=self.principal.api_key,
+                endpoint=self.endpoint,
+                model_id=self.model_id,
+                end_user=self.end_user,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                status=self.status,
+                error_code=self.error_code,
+                request_id=self.request_id,
+                latency_ms=int((time.monotonic() - self.started) * 1000),
+                ttft_ms=ttft,
+            )
+        )
+
+
+# -- model and engine -----------------------------------------------------------
+async def engine_get(*, principal: Principal, model_id: str) -> tuple[LLMModel, LlamaEngine]:
+    model = await sync_to_async(model_get)(tenant=principal.tenant, model_id=model_id)
+    try:
+        engine = await sync_to_async(registry.engine_for, thread_sensitive=False)(model)
+        ready = await sync_to_async(engine.wait_ready, thread_sensitive=False)(
+            settings.LLMSITE_LOAD_TIMEOUT
+        )
+    except ModelLoadError as exc:
+        logger.error("model %s unavailable: %s", model.model_id, exc)
+        raise ModelUnavailable(
+            f"The model `{model.model_id}` is unavailable: its GGUF file could not be loaded.",
+            param="model",
+            code="model_unavailable",
+            headers={"Retry-After": "60"},
+        ) from exc
+    if not ready:
+        raise ModelUnavailable(
+            f"The model `{model.model_id}` is still loading; retry shortly.",
+            param="model",
+            headers={"Retry-After": "5"},
+        )
+    return model, engine
+
+
+def _tokenize_prompt(engine: LlamaEngine, item: str | list[int], param: str) -> list[int]:
+    if isinstance(item, str):
+        return engine.tokenize(item, add_bos=True, special=False)
+    bad = next((t for t in item if not engine.valid_token(t)), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"Token id {bad} is outside this model's vocabulary (0..{engine.n_vocab - 1}).",
+            param=param,
+            code="invalid_value",
+        )
+    return list(item)
+
+
+def _max_tokens(
+    model: LLMModel, prompt_len: int, requested: int | None, default: int | None, param: str
+) -> int:
+    room = model.n_ctx - prompt_len
+    if requested is None:
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {model.n_ctx} tokens. However, your "
+                f"{param} resulted in {prompt_len} tokens. Please reduce the length of the "
+                f"{param}.",
+                param=param,
+            )
+        return min(default, room) if default else room
+    if prompt_len + requested > model.n_ctx:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {model.n_ctx} tokens. However, you "
+            f"requested {prompt_len + requested} tokens ({prompt_len} in the {param}, "
+            f"{requested} in the completion). Please reduce the length of the {param} or "
+            f"completion.",
+            param=param,
+        )
+    return requested
+
+
+def _seed_for(seed: int | None, choice: int) -> int | None:
+    return None if seed is None else (seed + choice) & 0xFFFFFFFF
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _fingerprint(model: LLMModel) -> str:
+    return f"fp_{model.model_id[:16]}_{model.n_ctx}"
+
+
+def _sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+@dataclass
+class _Choice:
+    index: int
+    handle: object
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: list = field(default_factory=list)
+
+
+async def _drain(choice: _Choice, acct: Accounting) -> None:
+    async for event in choice.handle:
+        if isinstance(event, TextDelta):
+            acct.first_token()
+            choice.text += event.text
+            choice.logprobs.extend(event.logprobs)
+        elif isinstance(event, Finished):
+            choice.finish_reason = "stop" if event.finish_reason == "stop" else "length"
+            choice.completion_tokens = event.completion_tokens
+            acct.completion_tokens += event.completion_tokens
+
+
+def _cancel_all(choices: list[_Choice]) -> None:
+    for choice in choices:
+        choice.handle.cancel()
+
+
+def _engine_failure(exc: EngineError) -> APIError:
+    logger.error("engine failure: %s", exc)
+    return internal_error()
+
+
+# -- /v1/completions --------------------------------------------------------------
+def _completion_logprobs(entries, offset: int) -> dict:
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for entry in entries:
+        tokens.append(entry.token)
+        token_logprobs.append(entry.logprob)
+        top.append({tok: lp for tok, _b, lp in entry.top} if entry.top else None)
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
+
+
+async def completion_create(
+    *, principal: Principal, data: dict, request_id: str
+) -> dict | AsyncIterator[bytes]:
+    acct = Accounting(principal, "completions", request_id, end_user=data.get("user") or "")
+    acct.model_id = data["model"]
+    try:
+        model, engine = await engine_get(principal=principal, model_id=data["model"])
+        prompts = [_tokenize_prompt(engine, item, "prompt") for item in data["prompt"]]
+        longest = max(len(tokens) for tokens in prompts)
+        max_tokens = _max_tokens(
+            model, longest, data.get("max_tokens"), DEFAULT_COMPLETION_MAX_TOKENS, "prompt"
+        )
+        acct.prompt_tokens = sum(len(tokens) for tokens in prompts)
+        n = data["n"]
+        logprobs = data.get("logprobs")
+        choices: list[_Choice] = []
+        prompt_texts: list[str] = []
+        for p_index, tokens in enumerate(prompts):
+            item = data["prompt"][p_index]
+            prompt_texts.append(item if isinstance(item, str) else engine.detokenize(tokens))
+            for c in range(n):
+                params = SamplingParams(
+                    max_tokens=max_tokens,
+                    temperature=data["temperature"],
+                    top_p=data["top_p"],
+                    seed=_seed_for(data.get("seed"), c),
+                    stop=tuple(data["stop"]),
+                    presence_penalty=data["presence_penalty"],
+                    frequency_penalty=data["frequency_penalty"],
+                    logprobs=logprobs,
+                )
+                choices.append(_Choice(p_index * n + c, engine.submit(tokens, params)))
+    except BaseException as exc:
+        acct.fail(exc)
+        await acct.write()
+        raise
+
+    meta = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "created": _now(),
+        "model": model.model_id,
+        "system_fingerprint": _fingerprint(model),
+    }
+    echo = data.get("echo")
+
+    if not data["stream"]:
+        try:
+            await asyncio.gather(*(_drain(choice, acct) for choice in choices))
+        except BaseException as exc:
+            _cancel_all(choices)
+            acct.fail(exc)
+            if isinstance(exc, EngineError):
+                raise _engine_failure(exc) from exc
+            raise
+        finally:
+            await acct.write()
+        out = []
+        for choice in choices:
+            prefix = prompt_texts[choice.index // n] if echo else ""
+            out.append(
+                {
+                    "text": prefix + choice.text,
+                    "index": choice.index,
+                    "logprobs": _completion_logprobs(choice.logprobs, len(prefix))
+                    if logprobs is not None
+                    else None,
+                    "finish_reason": choice.finish_reason,
+                }
+            )
+        return {
+            "id": meta["id"],
+            "object": "text_completion",
+            "created": meta["created"],
+            "model": meta["model"],
+            "system_fingerprint": meta["system_fingerprint"],
+            "choices": out,
+            "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
+        }
+
+    async def stream() -> AsyncIterator[bytes]:
+        include_usage = data["include_usage"]
+
+        def chunk(index: int, text: str, finish: str | None, lp=None) -> bytes:
+            body = {
+                "id": meta["id"],
+                "object": "text_completion",
+                "created": meta["created"],
+                "model": meta["model"],
+                "system_fingerprint": meta["system_fingerprint"],
+                "choices": [
+                    {"text": text, "index": index, "logprobs": lp, "finish_reason": finish}
+                ],
+            }
+            if include_usage:
+                body["usage"] = None
+            return _sse(body)
+
+        try:
+            for choice in choices:
+                if echo:
+                    yield chunk(choice.index, prompt_texts[choice.index // n], None)
+                async for event in choice.handle:
+                    if isinstance(event, TextDelta):
+                        acct.first_token()
+                        lp = (
+                            _completion_logprobs(event.logprobs, 0)
+                            if logprobs is not None
+                            else None
+                        )
+                        yield chunk(choice.index, event.text, None, lp)
+                    elif isinstance(event, Finished):
+                        acct.completion_tokens += event.completion_tokens
+                        finish = "stop" if event.finish_reason == "stop" else "length"
+                        yield chunk(choice.index, "", finish)
+            if include_usage:
+                yield _sse(
+                    {
+                        "id": meta["id"],
+                        "object": "text_completion",
+                        "created": meta["created"],
+                        "model": meta["model"],
+                        "system_fingerprint": meta["system_fingerprint"],
+                        "choices": [],
+                        "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
+                    }
+                )
+            yield _sse("[DONE]")
+        except BaseException as exc:
+            acct.fail(exc)
+            if isinstance(exc, Exception):
+                err = _engine_failure(exc) if isinstance(exc, EngineError) else to_api_error(exc)
+                yield _sse((err or internal_error()).body())
+            else:
+                raise
+        finally:
+            _cancel_all(choices)
+            await acct.write()
+
+    return stream()
+
+
+# -- /v1/chat/completions ------------------------------------------------------------
+def _json_grammar(response_format: dict | None) -> str | None:
+    if not response_format or response_format["type"] == "text":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if response_format["type"] == "json_object":
+        return JSON_GBNF
+    schema = response_format["json_schema"].get("schema") or {}
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:
+        raise InvalidRequest(
+            f"Invalid schema for response_format 'json_schema': {exc}",
+            param="response_format",
+            code="invalid_value",
+        ) from exc
+
+
+def _chat_logprobs(entries) -> dict:
+    return {
+        "content": [
+            {
+                "token": e.token,
+                "logprob": e.logprob,
+                "bytes": e.bytes,
+                "top_logprobs": [
+                    {"token": tok, "logprob": lp, "bytes": raw} for tok, raw, lp in e.top
+                ],
+            }
+            for e in entries
+        ],
+        "refusal": None,
+    }
+
+
+async def chat_completion_create(
+    *, principal: Principal, data: dict, request_id: str
+) -> dict | AsyncIterator[bytes]:
+    acct = Accounting(principal, "chat.completions", request_id, end_user=data.get("user") or "")
+    acct.model_id = data["model"]
+    try:
+        model, engine = await engine_get(principal=principal, model_id=data["model"])
+        format_stops = CHAT_FORMATS[model.chat_format].stop
+        tokens = _tokenize_chat(engine, model.chat_format, data["messages"])
+        max_tokens = _max_tokens(model, len(tokens), data.get("max_tokens"), None, "messages")
+        acct.prompt_tokens = len(tokens)
+        grammar = _json_grammar(data.get("response_format"))
+        logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
+        choices = []
+        for c in range(data["n"]):
+            params = SamplingParams(
+                max_tokens=max_tokens,
+                temperature=data["temperature"],
+                top_p=data["top_p"],
+                seed=_seed_for(data.get("seed"), c),
+                stop=tuple(data["stop"]) + format_stops,
+                presence_penalty=data["presence_penalty"],
+                frequency_penalty=data["frequency_penalty"],
+                logprobs=logprobs,
+                grammar=grammar,
+            )
+            choices.append(_Choice(c, engine.submit(tokens, params)))
+    except BaseException as exc:
+        acct.fail(exc)
+        await acct.write()
+        raise
+
+    meta = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "created": _now(),
+        "model": model.model_id,
+        "system_fingerprint": _fingerprint(model),
+    }
+
+    if not data["stream"]:
+        try:
+            await asyncio.gather(*(_drain(choice, acct) for choice in choices))
+        except BaseException as exc:
+            _cancel_all(choices)
+            acct.fail(exc)
+            if isinstance(exc, EngineError):
+                raise _engine_failure(exc) from exc
+            raise
+        finally:
+            await acct.write()
+        return {
+            "id": meta["id"],
+            "object": "chat.completion",
+            "created": meta["created"],
+            "model": meta["model"],
+            "system_fingerprint": meta["system_fingerprint"],
+            "choices": [
+                {
+                    "index": choice.index,
+                    "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                    "logprobs": _chat_logprobs(choice.logprobs) if logprobs is not None else None,
+                    "finish_reason": choice.finish_reason,
+                }
+                for choice in choices
+            ],
+            "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
+        }
+
+    async def stream() -> AsyncIterator[bytes]:
+        include_usage = data["include_usage"]
+
+        def chunk(index: int, delta: dict, finish: str | None, lp=None) -> bytes:
+            body = {
+                "id": meta["id"],
+                "object": "chat.completion.chunk",
+                "created": meta["created"],
+                "model": meta["model"],
+                "system_fingerprint": meta["system_fingerprint"],
+                "choices": [
+                    {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
+                ],
+            }
+            if include_usage:
+                body["usage"] = None
+            return _sse(body)
+
+        try:
+            for choice in choices:
+                yield chunk(
+                    choice.index, {"role": "assistant", "content": "", "refusal": None}, None
+                )
+                async for event in choice.handle:
+                    if isinstance(event, TextDelta):
+                        acct.first_token()
+                        lp = _chat_logprobs(event.logprobs) if logprobs is not None else None
+                        yield chunk(choice.index, {"content": event.text}, None, lp)
+                    elif isinstance(event, Finished):
+                        acct.completion_tokens += event.completion_tokens
+                        finish = "stop" if event.finish_reason == "stop" else "length"
+                        yield chunk(choice.index, {}, finish)
+            if include_usage:
+                yield _sse(
+                    {
+                        "id": meta["id"],
+                        "object": "chat.completion.chunk",
+                        "created": meta["created"],
+                        "model": meta["model"],
+                        "system_fingerprint": meta["system_fingerprint"],
+                        "choices": [],
+                        "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
+                    }
+                )
+            yield _sse("[DONE]")
+        except BaseException as exc:
+            acct.fail(exc)
+            if isinstance(exc, Exception):
+                err = _engine_failure(exc) if isinstance(exc, EngineError) else to_api_error(exc)
+                yield _sse((err or internal_error()).body())
+            else:
+                raise
+        finally:
+            _cancel_all(choices)
+            await acct.write()
+
+    return stream()
+
+
+def _tokenize_chat(engine: LlamaEngine, chat_format: str, messages: list[dict]) -> list[int]:
+    """Tokenize a chat so that only the template's own markers become control tokens.
+
+    The template is rendered with placeholders and tokenized with special=True;
+    each message's content is tokenized with special=False and spliced in, so a
+    user typing "<end_of_turn>" gets plain text, not a turn boundary.
+    """
+    shadow = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
+    template, _ = render_chat(chat_format, shadow)
+    tokens: list[int] = []
+    for position, piece in enumerate(_PLACEHOLDER.split(template)):
+        if not piece:
+            continue
+        is_content = position % 2 == 1
+        text = messages[int(piece)]["content"] if is_content else piece
+        if text:
+            tokens += engine.tokenize(text, add_bos=not tokens, special=not is_content)
+    return tokens
+
+
+_PLACEHOLDER = re.compile("\x00(\\d+)\x00")
+
+
+# -- /v1/embeddings ---------------------------------------------------------------------
+async def embedding_create(*, principal: Principal, data: dict, request_id: str) -> dict:
+    acct = Accounting(principal, "embeddings", request_id, end_user=data.get("user") or "")
+    acct.model_id = data["model"]
+    handle = None
+    try:
+        model, engine = await engine_get(principal=principal, model_id=data["model"])
+        if not model.embeddings:
+            raise InvalidRequest(
+                f"The model `{model.model_id}` does not serve embeddings.",
+                param="model",
+                code="model_not_supported",
+            )
+        inputs = []
+        for index, item in enumerate(data["input"]):
+            tokens = _tokenize_prompt(engine, item, "input")
+            if len(tokens) > model.n_ctx:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {model.n_ctx} tokens, however "
+                    f"input {index} has {len(tokens)} tokens. Please reduce its length.",
+                    param="input",
+                )
+            inputs.append(tokens)
+        acct.prompt_tokens = sum(len(t) for t in inputs)
+        handle = engine.submit_embeddings(inputs)
+        result = None
+        async for event in handle:
+            if isinstance(event, EmbeddingResult):
+                result = event
+        if result is None:
+            raise internal_error()
+    except BaseException as exc:
+        if handle is not None:
+            handle.cancel()
+        acct.fail(exc)
+        if isinstance(exc, EngineError):
+            raise _engine_failure(exc) from exc
+        raise
+    finally:
+        await acct.write()
+    as_base64 = data["encoding_format"] == "base64"
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": _b64(vec) if as_base64 else vec,
+            }
+            for index, vec in enumerate(result.vectors)
+        ],
+        "model": model.model_id,
+        "usage": {"prompt_tokens": acct.prompt_tokens, "total_tokens": acct.prompt_tokens},
+    }
+
+
+def _b64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from inference import api
+
+urlpatterns = [
+    path("models", api.ModelListView.as_view(), name="models"),
+    path("models/<path:model_id>", api.ModelDetailView.as_view(), name="model-detail"),
+    path("completions", api.CompletionView.as_view(), name="completions"),
+    path("chat/completions", api.ChatCompletionView.as_view(), name="chat-completions"),
+    path("embeddings", api.EmbeddingView.as_view(), name="embeddings"),
+]

@@ -1,0 +1,17 @@
+"""ASGI entry point (daphne): HTTP through Django; WebSockets arrive in a later issue."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmsite.settings")
+django_application = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+from inference.startup import preload_default_model  # noqa: E402
+
+application = ProtocolTypeRouter({"http": django_application})
+preload_default_model()

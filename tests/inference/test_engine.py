@@ -1,0 +1,145 @@
+"""The engine against the real model: exclusive contexts, no cut-off streams, fast cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from inference.engine import Finished, SamplingParams, TextDelta, _split_stop
+from inference.registry import registry
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def engine(gemma):
+    engine = registry.engine_for(gemma)
+    assert engine.wait_ready(60)
+    return engine
+
+
+def collect(handle):
+    text, finished = "", None
+    for event in handle:
+        if isinstance(event, TextDelta):
+            text += event.text
+        elif isinstance(event, Finished):
+            finished = event
+    return text, finished
+
+
+def test_a_running_stream_is_not_cut_off_by_a_second_request(engine):
+    tokens = engine.tokenize("Write a long story about a dragon.")
+    params = SamplingParams(max_tokens=24, temperature=0)
+    alone, _ = collect(engine.submit(tokens, params))
+
+    first = engine.submit(tokens, params)
+    first_events = iter(first)
+    next(first_events)  # the first stream is running
+    second = engine.submit(engine.tokenize("Hello"), SamplingParams(max_tokens=4, temperature=0))
+    rest = "".join(e.text for e in first_events if isinstance(e, TextDelta))
+    _, second_done = collect(second)
+    assert second_done.completion_tokens >= 1
+    # The first stream ran to its own end, unchanged by the request queued behind it.
+    assert alone.endswith(rest) and len(rest) > 0
+
+
+def test_cancel_leaves_within_one_decode_step_and_frees_the_engine(engine):
+    tokens = engine.tokenize("Tell me everything about the ocean.")
+    handle = engine.submit(tokens, SamplingParams(max_tokens=500, temperature=0))
+    events = iter(handle)
+    seen = 0
+    for event in events:
+        if isinstance(event, TextDelta):
+            seen += 1
+            if seen == 3:
+                handle.cancel()
+        if isinstance(event, Finished):
+            finished = event
+            break
+    assert finished.finish_reason == "cancelled"
+    # At most one more token is decoded after cancel() (the one in flight).
+    assert finished.completion_tokens <= 4 + 1
+    assert engine.in_flight == 0 and engine.queue_depth == 0
+    _, after = collect(engine.submit(engine.tokenize("Hi"), SamplingParams(max_tokens=2)))
+    assert after.completion_tokens >= 1
+
+
+def test_contexts_are_never_used_by_two_jobs_at_once(engine):
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+    original = engine._generate
+
+    def tracked(job):
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        try:
+            original(job)
+        finally:
+            with lock:
+                active -= 1
+
+    engine._generate = tracked
+    try:
+        handles = [
+            engine.submit(engine.tokenize(f"Number {i}"), SamplingParams(max_tokens=3))
+            for i in range(5)
+        ]
+        results = [collect(h)[1] for h in handles]
+    finally:
+        del engine._generate
+    assert all(r.completion_tokens >= 1 for r in results)
+    assert peak == 1
+
+
+async def test_async_iteration_receives_tokens_before_the_end(engine):
+    handle = engine.submit(
+        engine.tokenize("Once upon a time"), SamplingParams(max_tokens=16, temperature=0)
+    )
+    first_at = None
+    n = 0
+    async for event in handle:
+        if isinstance(event, TextDelta) and first_at is None:
+            first_at = n
+        n += 1
+    assert first_at == 0 and n > 2
+
+
+async def test_cancelled_async_consumer_frees_the_engine(engine):
+    handle = engine.submit(
+        engine.tokenize("Tell me a long story."), SamplingParams(max_tokens=400, temperature=0)
+    )
+
+    async def consume():
+        async for _ in handle:
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    handle.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if engine.in_flight == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "stops", "expected"),
+    [
+        ("hello world", ("wor",), ("hello ", "", True)),
+        ("hello wo", ("world",), ("hello ", "wo", False)),
+        ("hello", ("x",), ("hello", "", False)),
+        ("abc", (), ("abc", "", False)),
+    ],
+)
+def test_split_stop(text, stops, expected):
+    assert _split_stop(text, stops) == expected
