@@ -75,6 +75,7 @@ class TokenLogprob:
 class TextDelta:
     text: str
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    n_tokens: int = 0  # tokens generated since the previous delta
 
 
 @dataclass
@@ -367,6 +368,7 @@ class LlamaEngine:
         held = ""  # text withheld because it may be the start of a stop string
         pending_logprobs: list[TokenLogprob] = []
         completion_tokens = 0
+        unsent = 0  # tokens generated but not yet part of an emitted delta
         finish = "length"
         handle.started.set()
         # Evaluate the whole prompt every time. Reusing a cached prefix would
@@ -398,6 +400,7 @@ class LlamaEngine:
                     finish = "stop"
                     break
                 completion_tokens += 1
+                unsent += 1
                 piece_bytes = llm.detokenize([token])
                 if params.logprobs is not None:
                     pending_logprobs.append(
@@ -406,8 +409,9 @@ class LlamaEngine:
                 text = held + decoder.decode(piece_bytes)
                 emit, held, stopped = _split_stop(text, stops)
                 if emit or (pending_logprobs and not held):
-                    handle.emit(TextDelta(emit, pending_logprobs))
+                    handle.emit(TextDelta(emit, pending_logprobs, unsent))
                     pending_logprobs = []
+                    unsent = 0
                 if stopped:
                     finish = "stop"
                     break
@@ -417,8 +421,8 @@ class LlamaEngine:
             tokens.close()
         if finish != "cancelled":
             tail = held + decoder.decode(b"", final=True)
-            if tail or pending_logprobs:
-                handle.emit(TextDelta(tail, pending_logprobs))
+            if tail or pending_logprobs or unsent:
+                handle.emit(TextDelta(tail, pending_logprobs, unsent))
         handle.emit(Finished(finish, len(job.prompt_tokens), completion_tokens))
 
     def _token_logprob(self, token: int, piece: bytes, top_n: int) -> TokenLogprob:

@@ -353,9 +353,12 @@ async def completion_create(
                             if logprobs is not None
                             else None
                         )
-                        yield chunk(choice.index, event.text, None, lp)
+                        # Counted as handed to the server: a client that leaves
+                        # pays for what it was sent, and nothing more.
+                        acct.completion_tokens += event.n_tokens
+                        if event.text or lp:
+                            yield chunk(choice.index, event.text, None, lp)
                     elif isinstance(event, Finished):
-                        acct.completion_tokens += event.completion_tokens
                         finish = "stop" if event.finish_reason == "stop" else "length"
                         yield chunk(choice.index, "", finish)
             if include_usage:
@@ -516,9 +519,10 @@ async def chat_completion_create(
                     if isinstance(event, TextDelta):
                         acct.first_token()
                         lp = _chat_logprobs(event.logprobs) if logprobs is not None else None
-                        yield chunk(choice.index, {"content": event.text}, None, lp)
+                        acct.completion_tokens += event.n_tokens
+                        if event.text or lp:
+                            yield chunk(choice.index, {"content": event.text}, None, lp)
                     elif isinstance(event, Finished):
-                        acct.completion_tokens += event.completion_tokens
                         finish = "stop" if event.finish_reason == "stop" else "length"
                         yield chunk(choice.index, {}, finish)
             if include_usage:

@@ -22,8 +22,6 @@ def _database_ok() -> bool:
         return True
     except Exception:
         return False
-    finally:
-        connection.close_if_unusable_or_obsolete()
 
 
 async def ready(request):
