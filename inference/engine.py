@@ -35,6 +35,10 @@ class EngineError(RuntimeError):
     pass
 
 
+class EngineClosed(EngineError):
+    """The engine was unloaded; the request should be retried (it will load again)."""
+
+
 class ModelLoadError(EngineError):
     """A GGUF could not be loaded; the message names the file and the reason."""
 
@@ -209,6 +213,7 @@ class LlamaEngine:
         self._queued = 0
         self._in_flight = 0
         self._count_lock = threading.Lock()
+        self._closed = False
         self.loaded_at: float | None = None
         self.n_vocab = 0
         self.n_embd = 0
@@ -234,7 +239,11 @@ class LlamaEngine:
         return self._load_error
 
     def close(self, timeout: float = 30) -> None:
-        self._jobs.put(_STOP)
+        """Finish every job already queued, then free the contexts."""
+        with self._count_lock:
+            # Under the lock that guards _enqueue: no job can land behind _STOP.
+            self._closed = True
+            self._jobs.put(_STOP)
         self._thread.join(timeout)
 
     # -- stats (for routing and /ready) -------------------------------------
@@ -275,8 +284,10 @@ class LlamaEngine:
 
     def _enqueue(self, job) -> None:
         with self._count_lock:
+            if self._closed:
+                raise EngineClosed(f"model {self.spec.model_id} was unloaded")
             self._queued += 1
-        self._jobs.put(job)
+            self._jobs.put(job)
 
     # -- the engine thread ----------------------------------------------------
     def _run(self) -> None:

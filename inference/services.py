@@ -28,6 +28,7 @@ from billing.services import usage_record
 from inference.chat_formats import CHAT_FORMATS, render_chat
 from inference.engine import (
     EmbeddingResult,
+    EngineClosed,
     EngineError,
     Finished,
     LlamaEngine,
@@ -43,6 +44,7 @@ from llmsite.errors import (
     ContextLengthExceeded,
     InvalidRequest,
     ModelUnavailable,
+    ServiceUnavailable,
     internal_error,
     to_api_error,
 )
@@ -130,6 +132,32 @@ async def engine_get(*, principal: Principal, model_id: str) -> tuple[LLMModel, 
             headers={"Retry-After": "5"},
         )
     return model, engine
+
+
+def _check_capacity(engine: LlamaEngine, jobs: int) -> None:
+    # Refuse up front rather than queue without bound: a 503 with Retry-After
+    # lets a client (or a load balancer) go elsewhere now.
+    if engine.queue_depth + jobs > settings.LLMSITE_MAX_QUEUE:
+        raise ServiceUnavailable(
+            f"The model `{engine.spec.model_id}` is overloaded; retry shortly.",
+            code="model_overloaded",
+            headers={"Retry-After": "2"},
+        )
+
+
+def _submit(engine: LlamaEngine, tokens: list[int], params: SamplingParams):
+    try:
+        return engine.submit(tokens, params)
+    except EngineClosed as exc:
+        raise _unloaded(engine) from exc
+
+
+def _unloaded(engine: LlamaEngine) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"The model `{engine.spec.model_id}` was just unloaded; retry to load it again.",
+        param="model",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _tokenize_prompt(engine: LlamaEngine, item: str | list[int], param: str) -> list[int]:
@@ -258,6 +286,7 @@ async def completion_create(
         )
         acct.prompt_tokens = sum(len(tokens) for tokens in prompts)
         n = data["n"]
+        _check_capacity(engine, n * len(prompts))
         logprobs = data.get("logprobs")
         choices: list[_Choice] = []
         prompt_texts: list[str] = []
@@ -275,7 +304,7 @@ async def completion_create(
                     frequency_penalty=data["frequency_penalty"],
                     logprobs=logprobs,
                 )
-                choices.append(_Choice(p_index * n + c, engine.submit(tokens, params)))
+                choices.append(_Choice(p_index * n + c, _submit(engine, tokens, params)))
     except BaseException as exc:
         acct.fail(exc)
         await acct.write()
@@ -437,6 +466,7 @@ async def chat_completion_create(
         acct.prompt_tokens = len(tokens)
         grammar = _json_grammar(data.get("response_format"))
         logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
+        _check_capacity(engine, data["n"])
         choices = []
         for c in range(data["n"]):
             params = SamplingParams(
@@ -450,7 +480,7 @@ async def chat_completion_create(
                 logprobs=logprobs,
                 grammar=grammar,
             )
-            choices.append(_Choice(c, engine.submit(tokens, params)))
+            choices.append(_Choice(c, _submit(engine, tokens, params)))
     except BaseException as exc:
         acct.fail(exc)
         await acct.write()
@@ -599,7 +629,11 @@ async def embedding_create(*, principal: Principal, data: dict, request_id: str)
                 )
             inputs.append(tokens)
         acct.prompt_tokens = sum(len(t) for t in inputs)
-        handle = engine.submit_embeddings(inputs)
+        _check_capacity(engine, 1)
+        try:
+            handle = engine.submit_embeddings(inputs)
+        except EngineClosed as exc:
+            raise _unloaded(engine) from exc
         result = None
         async for event in handle:
             if isinstance(event, EmbeddingResult):

@@ -12,6 +12,7 @@ Variables (all optional):
   LLMSITE_N_THREADS       llama.cpp threads for models that do not set their own (cores)
   LLMSITE_MAX_BODY_BYTES  largest accepted request body (4 MiB)
   LLMSITE_LOAD_TIMEOUT    seconds a request waits for its model to load before a 503 (30)
+  LLMSITE_MAX_QUEUE       jobs waiting on one engine before new requests get a 503 (64)
   LLMSITE_LOG_LEVEL       INFO
 """
 
@@ -195,6 +196,7 @@ LLMSITE_DEFAULT_MODEL = env_str("LLMSITE_DEFAULT_MODEL", "gemma-3-270m")
 LLMSITE_PRELOAD = env_bool("LLMSITE_PRELOAD", False)
 LLMSITE_N_THREADS = env_int("LLMSITE_N_THREADS", os.cpu_count() or 1, minimum=1)
 LLMSITE_LOAD_TIMEOUT = env_int("LLMSITE_LOAD_TIMEOUT", 30, minimum=1)
+LLMSITE_MAX_QUEUE = env_int("LLMSITE_MAX_QUEUE", 64, minimum=0)
 MODELS_DIR = DATA_DIR / "models"
 
 LOGGING = {

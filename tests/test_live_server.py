@@ -141,9 +141,12 @@ def test_stream_reaches_client_before_generation_ends_and_disconnect_stops_it(se
         "stream": True,
     }
     headers = {"Authorization": f"Bearer {server.api_key}", "X-Request-Id": request_id}
-    with httpx.Client(timeout=60) as http, http.stream(
-        "POST", f"{server.base_url}/v1/completions", json=body, headers=headers
-    ) as response:
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream(
+            "POST", f"{server.base_url}/v1/completions", json=body, headers=headers
+        ) as response,
+    ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-request-id"] == request_id
@@ -153,7 +156,7 @@ def test_stream_reaches_client_before_generation_ends_and_disconnect_stops_it(se
                 first = json.loads(line[6:])
                 break
         assert first["choices"][0]["text"] is not None
-            # Disconnect now, long before max_tokens could have been generated.
+        # Disconnect now, long before max_tokens could have been generated.
     (row,) = usage_rows(server, request_id)
     status, prompt_tokens, completion_tokens = row
     assert status == "cancelled"

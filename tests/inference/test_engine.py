@@ -114,22 +114,30 @@ async def test_cancelled_async_consumer_frees_the_engine(engine):
     handle = engine.submit(
         engine.tokenize("Tell me a long story."), SamplingParams(max_tokens=400, temperature=0)
     )
+    got_token = asyncio.Event()
 
     async def consume():
-        async for _ in handle:
-            pass
+        async for event in handle:
+            if isinstance(event, TextDelta):
+                got_token.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.3)
+    await got_token.wait()
     task.cancel()
     handle.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(100):
-        if engine.in_flight == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert engine.in_flight == 0
+    # The engine answers the cancelled job with its end, well before max_tokens...
+    finished = [event async for event in handle if isinstance(event, Finished)]
+    assert finished[0].finish_reason == "cancelled"
+    assert finished[0].completion_tokens < 400
+    # ...and serves the next job.
+    after = [
+        event
+        async for event in engine.submit(engine.tokenize("Hi"), SamplingParams(max_tokens=2))
+        if isinstance(event, Finished)
+    ]
+    assert after[0].completion_tokens >= 1
 
 
 @pytest.mark.parametrize(
@@ -143,3 +151,19 @@ async def test_cancelled_async_consumer_frees_the_engine(engine):
 )
 def test_split_stop(text, stops, expected):
     assert _split_stop(text, stops) == expected
+
+
+def test_close_finishes_queued_jobs_then_refuses_new_ones(gemma):
+    from inference.engine import EngineClosed, LlamaEngine
+    from inference.registry import spec_for
+
+    engine = LlamaEngine(spec_for(gemma))
+    assert engine.wait_ready(60)
+    queued = [
+        engine.submit(engine.tokenize("Hi"), SamplingParams(max_tokens=2, temperature=0))
+        for _ in range(3)
+    ]
+    engine.close()
+    assert [collect(h)[1].completion_tokens for h in queued] == [2, 2, 2]
+    with pytest.raises(EngineClosed):
+        engine.submit(engine.tokenize("Hi"), SamplingParams(max_tokens=1))

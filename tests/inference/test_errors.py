@@ -72,3 +72,50 @@ def test_request_id_is_echoed_or_generated_and_processing_ms_set(client):
     assert r2["x-request-id"].startswith("req_")
     r3 = client.get("/v1/models", HTTP_X_REQUEST_ID="bad id with spaces")
     assert r3["x-request-id"].startswith("req_")
+
+
+def test_full_queue_is_503_overloaded_with_retry_after(client, settings):
+    settings.LLMSITE_MAX_QUEUE = 0
+    r = client.post("/v1/completions", {"model": "gemma-3-270m", "prompt": "x"}, format="json")
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "model_overloaded"
+    assert r["Retry-After"] == "2"
+
+
+def test_engine_failure_is_500_without_internals(client, gemma, monkeypatch):
+    from inference.registry import registry
+
+    engine = registry.engine_for(gemma)
+
+    def explode(job):
+        raise RuntimeError("llama_decode returned -3 at /secret/path")
+
+    monkeypatch.setattr(engine, "_generate", explode)
+    r = client.post("/v1/completions", {"model": "gemma-3-270m", "prompt": "x"}, format="json")
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert set(err) == ERROR_KEYS and err["type"] == "server_error"
+    assert "/secret/path" not in r.content.decode()
+
+
+def test_usage_is_recorded_once_per_request_with_end_user(client, tenant):
+    from billing.models import UsageRecord
+
+    r = client.post(
+        "/v1/completions",
+        {"model": "gemma-3-270m", "prompt": "Hi", "max_tokens": 2, "user": "u-42"},
+        format="json",
+        HTTP_X_REQUEST_ID="usage-1",
+    )
+    rec = UsageRecord.objects.get(request_id="usage-1")
+    assert rec.tenant == tenant and rec.end_user == "u-42" and rec.status == "ok"
+    assert rec.prompt_tokens == r.json()["usage"]["prompt_tokens"]
+    assert rec.completion_tokens == r.json()["usage"]["completion_tokens"]
+    client.post(
+        "/v1/completions",
+        {"model": "nope", "prompt": "Hi"},
+        format="json",
+        HTTP_X_REQUEST_ID="usage-2",
+    )
+    rec = UsageRecord.objects.get(request_id="usage-2")
+    assert rec.status == "error" and rec.error_code == "model_not_found"
