@@ -163,7 +163,8 @@ def test_close_finishes_queued_jobs_then_refuses_new_ones(gemma):
         engine.submit(engine.tokenize("Hi"), SamplingParams(max_tokens=2, temperature=0))
         for _ in range(3)
     ]
+    tokens = engine.tokenize("Hi")
     engine.close()
     assert [collect(h)[1].completion_tokens for h in queued] == [2, 2, 2]
     with pytest.raises(EngineClosed):
-        engine.submit(engine.tokenize("Hi"), SamplingParams(max_tokens=1))
+        engine.submit(tokens, SamplingParams(max_tokens=1))
