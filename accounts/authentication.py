@@ -1,34 +1,65 @@
-"""Bearer API-key authentication: the tenant is resolved here, once, and travels on the request."""
+"""Who is calling: an API key (`sk-llm-…`) or a person's JWT, both as `Bearer`.
+
+The tenant is resolved here, once, and travels on the request as part of the
+principal: the key's tenant, or for a JWT the tenant named by `X-Tenant`
+(or the user's only tenant).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from django.utils.functional import cached_property
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions
+from rest_framework import authentication, exceptions, permissions
+from rest_framework_simplejwt.authentication import JWTAuthentication
 
-from accounts.models import ApiKey, Tenant
-from accounts.services import api_key_authenticate
+from accounts.models import ApiKey, Membership, Role, Scope, Tenant
+from accounts.services import KEY_PREFIX, Actor, api_key_authenticate
+from llmsite.errors import InvalidRequest, PermissionError_
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a tenant, through an API key (JWT users arrive in a later issue)."""
-
-    tenant: Tenant
+    tenant: Tenant | None
     api_key: ApiKey | None = None
+    user: object | None = None
+    role: str | None = None
+    ip: str | None = field(default=None, compare=False)
+    request_id: str = field(default="", compare=False)
+    # Set when a JWT user belongs to several tenants and sent no X-Tenant.
+    tenant_ambiguous: bool = False
 
     is_authenticated = True
     is_anonymous = False
 
     @property
     def pk(self):
-        return self.api_key.pk if self.api_key else None
+        return self.user.pk if self.user is not None else None
+
+    @cached_property
+    def actor(self) -> Actor:
+        return Actor(user=self.user, api_key=self.api_key, ip=self.ip, request_id=self.request_id)
+
+    def has_scope(self, scope: str) -> bool:
+        # People act through their role; keys through their scopes.
+        return self.api_key is None or scope in (self.api_key.scopes or [])
+
+    def get_username(self) -> str:
+        return self.user.get_username() if self.user is not None else ""
+
+
+def client_ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _request_id(request) -> str:
+    return getattr(request, "request_id", "") or getattr(
+        getattr(request, "_request", None), "request_id", ""
+    )
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
-    keyword = "Bearer"
-
     def authenticate(self, request):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
@@ -39,15 +70,48 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "Malformed Authorization header; expected 'Authorization: Bearer <API key>'."
             )
-        key = api_key_authenticate(raw=token)
+        if not token.startswith(KEY_PREFIX):
+            return None  # a JWT, perhaps: the next class decides
+        key = api_key_authenticate(raw=token, actor_ip=client_ip(request))
         if key is None:
             raise exceptions.AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
-        principal = Principal(tenant=key.tenant, api_key=key)
-        request._request.tenant = key.tenant
+        principal = Principal(
+            tenant=key.tenant, api_key=key, ip=client_ip(request), request_id=_request_id(request)
+        )
         return principal, key
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
+
+
+class JWTTenantAuthentication(JWTAuthentication):
+    """A person's access token; `X-Tenant: <slug>` picks the tenant they act in."""
+
+    def authenticate(self, request):
+        result = super().authenticate(request)
+        if result is None:
+            return None
+        user, token = result
+        memberships = list(
+            Membership.objects.select_related("tenant").filter(user=user, tenant__is_active=True)
+        )
+        wanted = request.META.get("HTTP_X_TENANT", "").strip()
+        chosen = None
+        if wanted:
+            chosen = next((m for m in memberships if m.tenant.slug == wanted), None)
+            if chosen is None:
+                raise PermissionError_(f"You are not a member of tenant `{wanted}`.")
+        elif len(memberships) == 1:
+            chosen = memberships[0]
+        principal = Principal(
+            tenant=chosen.tenant if chosen else None,
+            user=user,
+            role=chosen.role if chosen else None,
+            ip=client_ip(request),
+            request_id=_request_id(request),
+            tenant_ambiguous=chosen is None and len(memberships) > 1,
+        )
+        return principal, token
 
 
 def _redact(token: str) -> str:
@@ -57,9 +121,45 @@ def _redact(token: str) -> str:
     return f"{token[:7]}***{token[-4:]}"
 
 
+class CanInfer(permissions.BasePermission):
+    """For /v1: a resolved tenant, and for keys the `inference` scope."""
+
+    def has_permission(self, request, view) -> bool:
+        principal = request.user
+        if not getattr(principal, "is_authenticated", False):
+            return False
+        if principal.tenant is None:
+            if principal.tenant_ambiguous:
+                raise InvalidRequest(
+                    "You belong to several tenants: name one in the X-Tenant header.",
+                    param="X-Tenant",
+                    code="tenant_required",
+                )
+            raise PermissionError_("You are not a member of any tenant.")
+        if not principal.has_scope(Scope.INFERENCE):
+            raise PermissionError_("This API key lacks the `inference` scope.")
+        return True
+
+
+MANAGER_ROLES = {Role.OWNER, Role.ADMIN}
+
+
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.authentication.ApiKeyAuthentication"
     name = "ApiKeyAuth"
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "API key: `sk-llm-...`"}
+
+
+class JWTTenantAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "accounts.authentication.JWTTenantAuthentication"
+    name = "JWTAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "Access token from /api/auth/token/; X-Tenant picks the tenant.",
+        }

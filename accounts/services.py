@@ -1,54 +1,203 @@
-"""Writes for tenants and API keys."""
+"""Writes for tenants, members, API keys and the audit trail."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-from datetime import timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import ApiKey, Tenant
+from accounts.models import DEFAULT_SCOPES, ApiKey, AuditLog, Membership, Role, Scope, Tenant
+from llmsite.errors import InvalidRequest, PermissionError_
 
 KEY_PREFIX = "sk-llm-"
 _PREFIX_LEN = 12
 # last_used_at is a hint for operators, not an audit trail: write it at most
 # once a minute per key instead of on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+MAX_ROTATION_GRACE = timedelta(days=30)
 
 
-def hash_key(raw: str) -> str:
-    # Keys carry 256 bits of randomness, so a fast hash is enough (no brute force
-    # to slow down); a slow KDF would only add latency to every request.
-    return hashlib.sha256(raw.encode()).hexdigest()
+@dataclass(frozen=True)
+class Actor:
+    """Who performs a management action, for the audit trail."""
+
+    user: object | None = None
+    api_key: ApiKey | None = None
+    ip: str | None = None
+    request_id: str = ""
+
+    def describe(self) -> str:
+        if self.user is not None:
+            return f"user:{self.user.get_username()}"
+        if self.api_key is not None:
+            return f"key:{self.api_key.prefix}"
+        return "system"
 
 
+SYSTEM = Actor()
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    tenant: Tenant | None = None,
+    target: object | None = None,
+    data: dict | None = None,
+) -> AuditLog:
+    # Never pass secrets in `data`: rows are shown to tenant owners and staff.
+    return AuditLog.objects.create(
+        tenant=tenant,
+        actor=actor.user,
+        actor_key=actor.api_key,
+        actor_repr=actor.describe(),
+        action=action,
+        target_type=type(target).__name__.lower() if target is not None else "",
+        target_id=str(getattr(target, "pk", "") or "") if target is not None else "",
+        target_repr=str(target)[:200] if target is not None else "",
+        data=data or {},
+        ip=actor.ip,
+        request_id=actor.request_id[:128],
+    )
+
+
+# -- tenants --------------------------------------------------------------------
 def tenant_get_or_create(*, slug: str, name: str = "") -> Tenant:
     tenant, _ = Tenant.objects.get_or_create(slug=slug, defaults={"name": name or slug})
     return tenant
 
 
 @transaction.atomic
-def api_key_issue(*, tenant: Tenant, name: str = "") -> tuple[ApiKey, str]:
+def tenant_models_set(*, tenant: Tenant, models: Iterable, actor: Actor = SYSTEM) -> None:
+    models = list(models)
+    before = sorted(tenant.allowed_models.values_list("model_id", flat=True))
+    tenant.allowed_models.set(models)
+    after = sorted(m.model_id for m in models)
+    if before != after:
+        audit_record(
+            actor=actor,
+            action="tenant.models_changed",
+            tenant=tenant,
+            target=tenant,
+            data={"before": before, "after": after},
+        )
+
+
+# -- API keys ---------------------------------------------------------------------
+def hash_key(raw: str) -> str:
+    # Keys carry 256 bits of randomness, so a fast hash is enough (no brute force
+    # to slow down); a slow KDF would only add latency to every request.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _validate_scopes(scopes: Iterable[str] | None) -> list[str]:
+    if scopes is None:
+        return list(DEFAULT_SCOPES)
+    scopes = list(dict.fromkeys(scopes))
+    unknown = [s for s in scopes if s not in Scope.values]
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown scope(s): {', '.join(unknown)}; valid: {', '.join(Scope.values)}.",
+            param="scopes",
+            code="invalid_value",
+        )
+    return scopes
+
+
+@transaction.atomic
+def api_key_issue(
+    *,
+    tenant: Tenant,
+    name: str = "",
+    scopes: Iterable[str] | None = None,
+    expires_at: datetime | None = None,
+    allowed_models: Iterable | None = None,
+    actor: Actor = SYSTEM,
+) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the raw key, which is never available again."""
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidRequest("expires_at must be in the future.", param="expires_at")
     prefix = secrets.token_hex(_PREFIX_LEN // 2)
-    secret = secrets.token_urlsafe(32)
-    raw = f"{KEY_PREFIX}{prefix}_{secret}"
-    key = ApiKey.objects.create(tenant=tenant, name=name, prefix=prefix, hashed_key=hash_key(raw))
+    raw = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(
+        tenant=tenant,
+        name=name,
+        prefix=prefix,
+        hashed_key=hash_key(raw),
+        scopes=_validate_scopes(scopes),
+        expires_at=expires_at,
+        created_by=actor.user,
+    )
+    if allowed_models:
+        key.allowed_models.set(allowed_models)
+    audit_record(
+        actor=actor,
+        action="api_key.created",
+        tenant=tenant,
+        target=key,
+        data={"scopes": key.scopes, "expires_at": expires_at.isoformat() if expires_at else None},
+    )
     return key, raw
 
 
-def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey, actor: Actor = SYSTEM) -> ApiKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
+        audit_record(actor=actor, action="api_key.revoked", tenant=api_key.tenant, target=api_key)
     return api_key
 
 
-def api_key_authenticate(*, raw: str) -> ApiKey | None:
-    """The active key matching `raw`, or None. Constant-time comparison of the hash."""
+@transaction.atomic
+def api_key_rotate(
+    *, api_key: ApiKey, grace: timedelta = DEFAULT_ROTATION_GRACE, actor: Actor = SYSTEM
+) -> tuple[ApiKey, str]:
+    """A new key with the same settings; the old one keeps working for `grace`, then stops."""
+    api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if not api_key.is_active or api_key.replaced_by_id is not None:
+        raise InvalidRequest(
+            "Only an active key that has not been rotated already can be rotated.",
+            code="key_not_rotatable",
+        )
+    if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
+        raise InvalidRequest(
+            f"grace_seconds must be between 0 and {int(MAX_ROTATION_GRACE.total_seconds())}.",
+            param="grace_seconds",
+        )
+    new_key, raw = api_key_issue(
+        tenant=api_key.tenant,
+        name=api_key.name,
+        scopes=api_key.scopes,
+        expires_at=api_key.expires_at,
+        allowed_models=list(api_key.allowed_models.all()),
+        actor=actor,
+    )
+    ends = timezone.now() + grace
+    api_key.expires_at = min(ends, api_key.expires_at) if api_key.expires_at else ends
+    api_key.replaced_by = new_key
+    api_key.save(update_fields=["expires_at", "replaced_by"])
+    audit_record(
+        actor=actor,
+        action="api_key.rotated",
+        tenant=api_key.tenant,
+        target=api_key,
+        data={"new_key": new_key.prefix, "old_key_expires_at": api_key.expires_at.isoformat()},
+    )
+    return new_key, raw
+
+
+def api_key_authenticate(*, raw: str, actor_ip: str | None = None) -> ApiKey | None:
+    """The usable key matching `raw`, or None. Constant-time comparison of the hash."""
     if not raw.startswith(KEY_PREFIX) or len(raw) > 200:
         return None
     prefix, _, _secret = raw[len(KEY_PREFIX) :].partition("_")
@@ -64,7 +213,124 @@ def api_key_authenticate(*, raw: str) -> ApiKey | None:
     if not hmac.compare_digest(hash_key(raw), expected) or key is None:
         return None
     now = timezone.now()
+    if key.expires_at is not None and key.expires_at <= now:
+        _audit_expiry_once(key, actor_ip)
+        return None
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
     return key
+
+
+def _audit_expiry_once(key: ApiKey, ip: str | None) -> None:
+    # The flag flips in the same UPDATE that decides who writes the row, so
+    # concurrent requests with the same expired key write it exactly once.
+    if ApiKey.objects.filter(pk=key.pk, expiry_audited=False).update(expiry_audited=True):
+        audit_record(
+            actor=Actor(api_key=key, ip=ip),
+            action="api_key.expired",
+            tenant=key.tenant,
+            target=key,
+            data={"expired_at": key.expires_at.isoformat(), "rotated": bool(key.replaced_by_id)},
+        )
+
+
+# -- members ------------------------------------------------------------------------
+def _owners(tenant: Tenant) -> int:
+    return Membership.objects.filter(tenant=tenant, role=Role.OWNER).count()
+
+
+def _check_role_change_allowed(*, acting_role: str | None, old: str | None, new: str | None):
+    # Admins manage members and admins; only owners grant or take away ownership.
+    if acting_role == Role.ADMIN and Role.OWNER in (old, new):
+        raise PermissionError_("Only an owner can grant or remove the owner role.")
+
+
+@transaction.atomic
+def member_add(
+    *, tenant: Tenant, user, role: str, actor: Actor = SYSTEM, acting_role: str | None = None
+) -> Membership:
+    if role not in Role.values:
+        raise InvalidRequest(f"role must be one of {', '.join(Role.values)}.", param="role")
+    _check_role_change_allowed(acting_role=acting_role, old=None, new=role)
+    if Membership.objects.filter(tenant=tenant, user=user).exists():
+        raise InvalidRequest(
+            f"{user.get_username()} is already a member of {tenant.slug}.",
+            param="username",
+            code="already_member",
+        )
+    membership = Membership.objects.create(tenant=tenant, user=user, role=role)
+    audit_record(
+        actor=actor, action="member.added", tenant=tenant, target=membership, data={"role": role}
+    )
+    return membership
+
+
+@transaction.atomic
+def member_change_role(
+    *, membership: Membership, role: str, actor: Actor = SYSTEM, acting_role: str | None = None
+) -> Membership:
+    if role not in Role.values:
+        raise InvalidRequest(f"role must be one of {', '.join(Role.values)}.", param="role")
+    # Row locks on the tenant's owners serialise concurrent demotions.
+    list(Membership.objects.select_for_update().filter(tenant=membership.tenant, role=Role.OWNER))
+    membership.refresh_from_db()
+    old = membership.role
+    if old == role:
+        return membership
+    _check_role_change_allowed(acting_role=acting_role, old=old, new=role)
+    if old == Role.OWNER and _owners(membership.tenant) <= 1:
+        raise InvalidRequest("The last owner cannot be demoted.", code="last_owner")
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(
+        actor=actor,
+        action="member.changed",
+        tenant=membership.tenant,
+        target=membership,
+        data={"from": old, "to": role},
+    )
+    return membership
+
+
+@transaction.atomic
+def member_remove(
+    *, membership: Membership, actor: Actor = SYSTEM, acting_role: str | None = None
+) -> None:
+    list(Membership.objects.select_for_update().filter(tenant=membership.tenant, role=Role.OWNER))
+    membership.refresh_from_db()
+    _check_role_change_allowed(acting_role=acting_role, old=membership.role, new=None)
+    if membership.role == Role.OWNER and _owners(membership.tenant) <= 1:
+        raise InvalidRequest("The last owner cannot be removed.", code="last_owner")
+    audit_record(
+        actor=actor,
+        action="member.removed",
+        tenant=membership.tenant,
+        target=membership,
+        data={"role": membership.role, "username": membership.user.get_username()},
+    )
+    membership.delete()
+
+
+@transaction.atomic
+def user_create_or_attach(
+    *, username: str, tenant_slug: str, role: str, password: str | None, actor: Actor = SYSTEM
+) -> tuple[object, Membership, bool]:
+    """Create the user (validating the password) or attach an existing one to the tenant."""
+    User = get_user_model()
+    tenant = tenant_get_or_create(slug=tenant_slug)
+    user = User.objects.filter(username=username).first()
+    created = user is None
+    if created:
+        if not password:
+            raise InvalidRequest("A password is required for a new user.", param="password")
+        user = User(username=username)
+        validate_password(password, user)
+        user.set_password(password)
+        user.save()
+    membership = Membership.objects.filter(tenant=tenant, user=user).first()
+    if membership is None:
+        membership = member_add(tenant=tenant, user=user, role=role, actor=actor)
+    elif membership.role != role:
+        membership = member_change_role(membership=membership, role=role, actor=actor)
+    return user, membership, created

@@ -10,6 +10,7 @@ def usage_record(
     *,
     tenant: Tenant,
     api_key: ApiKey | None,
+    user=None,
     endpoint: str,
     model_id: str,
     end_user: str,
@@ -24,6 +25,7 @@ def usage_record(
     return UsageRecord.objects.create(
         tenant=tenant,
         api_key=api_key,
+        user=user,
         endpoint=endpoint,
         model_id=model_id,
         end_user=end_user or "",

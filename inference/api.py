@@ -8,6 +8,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
+from accounts.authentication import CanInfer
 from inference import selectors, services
 from inference.serializers import (
     ChatCompletionRequestSerializer,
@@ -49,7 +50,11 @@ def _respond(result) -> Response | StreamingHttpResponse:
     return response
 
 
-class ModelListView(AsyncAPIView):
+class InferenceView(AsyncAPIView):
+    permission_classes = [CanInfer]
+
+
+class ModelListView(InferenceView):
     @extend_schema(
         operation_id="listModels",
         tags=["Models"],
@@ -73,11 +78,13 @@ class ModelListView(AsyncAPIView):
         ],
     )
     async def get(self, request):
-        models = await sync_to_async(selectors.model_list)(tenant=request.user.tenant)
+        models = await sync_to_async(selectors.model_list)(
+            tenant=request.user.tenant, api_key=request.user.api_key
+        )
         return Response({"object": "list", "data": [_model_object(m) for m in models]})
 
 
-class ModelDetailView(AsyncAPIView):
+class ModelDetailView(InferenceView):
     @extend_schema(
         operation_id="retrieveModel",
         tags=["Models"],
@@ -85,12 +92,12 @@ class ModelDetailView(AsyncAPIView):
     )
     async def get(self, request, model_id: str):
         model = await sync_to_async(selectors.model_get)(
-            tenant=request.user.tenant, model_id=model_id
+            tenant=request.user.tenant, api_key=request.user.api_key, model_id=model_id
         )
         return Response(_model_object(model))
 
 
-class CompletionView(AsyncAPIView):
+class CompletionView(InferenceView):
     @extend_schema(
         operation_id="createCompletion",
         tags=["Completions"],
@@ -119,7 +126,7 @@ class CompletionView(AsyncAPIView):
         )
 
 
-class ChatCompletionView(AsyncAPIView):
+class ChatCompletionView(InferenceView):
     @extend_schema(
         operation_id="createChatCompletion",
         tags=["Chat"],
@@ -147,7 +154,7 @@ class ChatCompletionView(AsyncAPIView):
         )
 
 
-class EmbeddingView(AsyncAPIView):
+class EmbeddingView(InferenceView):
     @extend_schema(
         operation_id="createEmbedding",
         tags=["Embeddings"],

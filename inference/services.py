@@ -95,6 +95,7 @@ class Accounting:
             record(
                 tenant=self.principal.tenant,
                 api_key=self.principal.api_key,
+                user=self.principal.user,
                 endpoint=self.endpoint,
                 model_id=self.model_id,
                 end_user=self.end_user,
@@ -111,7 +112,9 @@ class Accounting:
 
 # -- model and engine -----------------------------------------------------------
 async def engine_get(*, principal: Principal, model_id: str) -> tuple[LLMModel, LlamaEngine]:
-    model = await sync_to_async(model_get)(tenant=principal.tenant, model_id=model_id)
+    model = await sync_to_async(model_get)(
+        tenant=principal.tenant, api_key=principal.api_key, model_id=model_id
+    )
     try:
         engine = await sync_to_async(registry.engine_for, thread_sensitive=False)(model)
         ready = await sync_to_async(engine.wait_ready, thread_sensitive=False)(

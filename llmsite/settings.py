@@ -13,6 +13,9 @@ Variables (all optional):
   LLMSITE_MAX_BODY_BYTES  largest accepted request body (4 MiB)
   LLMSITE_LOAD_TIMEOUT    seconds a request waits for its model to load before a 503 (30)
   LLMSITE_MAX_QUEUE       jobs waiting on one engine before new requests get a 503 (64)
+  LLMSITE_JWT_ACCESS_MINUTES  access-token lifetime (5)
+  LLMSITE_JWT_REFRESH_DAYS    refresh-token lifetime (1)
+  LLMSITE_LOGIN_RATE      login attempts allowed per IP and per username (10/m)
   LLMSITE_LOG_LEVEL       INFO
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from llmsite.env import (
@@ -74,6 +78,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
@@ -169,7 +174,10 @@ MAX_BODY_BYTES = env_int("LLMSITE_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "accounts.authentication.JWTTenantAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
@@ -191,6 +199,18 @@ SPECTACULAR_SETTINGS = {
         "FinishReasonEnum": ["stop", "length"],
     },
 }
+
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("LLMSITE_JWT_ACCESS_MINUTES", 5, minimum=1)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("LLMSITE_JWT_REFRESH_DAYS", 1, minimum=1)),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "UPDATE_LAST_LOGIN": True,
+    "AUTH_HEADER_TYPES": ("Bearer",),
+}
+# Login attempts per IP and per username (django-ratelimit rate strings).
+LLMSITE_LOGIN_RATE = env_str("LLMSITE_LOGIN_RATE", "10/m")
+RATELIMIT_VIEW = "llmsite.views.rate_limited"
 
 LLMSITE_DEFAULT_MODEL = env_str("LLMSITE_DEFAULT_MODEL", "gemma-3-270m")
 LLMSITE_PRELOAD = env_bool("LLMSITE_PRELOAD", False)
