@@ -148,7 +148,12 @@ def to_api_error(exc: Exception) -> APIError | None:
             code="invalid_json",
         )
     if isinstance(exc, drf_exceptions.AuthenticationFailed | drf_exceptions.NotAuthenticated):
-        return AuthenticationError(str(exc.detail))
+        detail = exc.detail
+        if isinstance(detail, dict):  # simplejwt's token errors
+            detail = detail.get("detail", "Invalid or expired token.")
+        if "no_active_account" in str(exc.get_codes()):
+            return AuthenticationError(str(detail), code="invalid_credentials")
+        return AuthenticationError(str(detail))
     if isinstance(exc, drf_exceptions.PermissionDenied | PermissionDenied):
         return PermissionError_(str(getattr(exc, "detail", "")) or "Permission denied.")
     if isinstance(exc, drf_exceptions.NotFound | Http404):

@@ -210,7 +210,6 @@ SIMPLE_JWT = {
 }
 # Login attempts per IP and per username (django-ratelimit rate strings).
 LLMSITE_LOGIN_RATE = env_str("LLMSITE_LOGIN_RATE", "10/m")
-RATELIMIT_VIEW = "llmsite.views.rate_limited"
 
 LLMSITE_DEFAULT_MODEL = env_str("LLMSITE_DEFAULT_MODEL", "gemma-3-270m")
 LLMSITE_PRELOAD = env_bool("LLMSITE_PRELOAD", False)

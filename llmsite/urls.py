@@ -8,6 +8,7 @@ urlpatterns = [
     path("v1/", include("inference.urls")),
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
+    path("api/", include("accounts.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),

@@ -46,3 +46,9 @@ def client(api_key, gemma) -> APIClient:
 @pytest.fixture
 def anon_client(gemma) -> APIClient:
     return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # PBKDF2's deliberate slowness would dominate the suite's sign-ins.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
