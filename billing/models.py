@@ -1,9 +1,118 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from accounts.models import ApiKey, Tenant
+
+MONEY = {"max_digits": 18, "decimal_places": 8}
+
+
+class Limits(models.Model):
+    """Every limit is optional: empty means unlimited."""
+
+    rpm = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_month = models.PositiveBigIntegerField(null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+    monthly_budget = models.DecimalField(
+        max_digits=14, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+
+    LIMIT_FIELDS = (
+        "rpm",
+        "tpm",
+        "tokens_per_day",
+        "tokens_per_month",
+        "max_concurrent",
+        "monthly_budget",
+    )
+
+    class Meta:
+        abstract = True
+
+
+class Plan(Limits):
+    name = models.SlugField(max_length=64, unique=True)
+    soft_budget_percent = models.PositiveSmallIntegerField(
+        default=80,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Warn (email + audit row) when this share of the monthly budget is spent.",
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TenantBilling(Limits):
+    """A tenant's plan plus per-tenant overrides (a set field wins over the plan's)."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="billing")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, null=True, blank=True)
+    billing_email = models.EmailField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.tenant} on {self.plan or 'no plan'}"
+
+
+class KeyLimits(Limits):
+    """Limits of one key; they can only tighten the tenant's."""
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="limits")
+
+    def __str__(self) -> str:
+        return f"limits of {self.api_key}"
+
+
+class ModelPrice(models.Model):
+    model = models.OneToOneField(
+        "inference.LLMModel", on_delete=models.CASCADE, related_name="price"
+    )
+    prompt_per_million = models.DecimalField(
+        **MONEY, default=Decimal(0), validators=[MinValueValidator(0)]
+    )
+    completion_per_million = models.DecimalField(
+        **MONEY, default=Decimal(0), validators=[MinValueValidator(0)]
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.prompt_per_million}/{self.completion_per_million} per 1M"
+
+
+class QuotaCounter(models.Model):
+    """The database path's counters (without Redis): one row per scope and window."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    value = models.BigIntegerField(default=0)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}"
+
+
+class ConcurrencyLease(models.Model):
+    """An in-flight request holding a concurrency slot (database path); leases expire."""
+
+    scope = models.CharField(max_length=200)
+    request_id = models.CharField(max_length=128)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["scope", "expires_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "request_id"], name="one_lease_per_request")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.request_id}"
 
 
 class UsageRecord(models.Model):
@@ -13,6 +122,7 @@ class UsageRecord(models.Model):
         OK = "ok"
         ERROR = "error"
         CANCELLED = "cancelled"
+        REJECTED = "rejected"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_records")
     api_key = models.ForeignKey(
@@ -31,6 +141,7 @@ class UsageRecord(models.Model):
     end_user = models.CharField(max_length=256, blank=True, help_text="The request's `user` field.")
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal(0))
     status = models.CharField(max_length=16, choices=Status.choices)
     error_code = models.CharField(max_length=64, blank=True)
     request_id = models.CharField(max_length=128, db_index=True)

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from accounts.authentication import CanInfer
 from inference import selectors, services
+from inference.accounting import Accounting
 from inference.serializers import (
     ChatCompletionRequestSerializer,
     CompletionRequestSerializer,
@@ -51,10 +52,47 @@ def _respond(result) -> Response | StreamingHttpResponse:
 
 
 class InferenceView(AsyncAPIView):
+    """Every /v1 request after authentication leaves exactly one usage record and
+    carries the caller's x-ratelimit-* headers."""
+
     permission_classes = [CanInfer]
+    endpoint = ""
+    acct: Accounting | None = None
+
+    def start_accounting(self, request) -> Accounting:
+        try:
+            data = request.data if isinstance(request.data, dict) else {}
+        except Exception:  # unparseable body: the handler reports it
+            data = {}
+        user = data.get("user")
+        self.acct = Accounting(
+            principal=request.user,
+            endpoint=self.endpoint,
+            request_id=request._request.request_id,
+            end_user=user[:256] if isinstance(user, str) else "",
+            model_id=str(data.get("model", ""))[:128],
+        )
+        return self.acct
+
+    async def dispatch(self, request, *args, **kwargs):
+        response = await super().dispatch(request, *args, **kwargs)
+        acct = self.acct
+        if acct is None:
+            return response  # not authenticated: nobody to account to
+        if not acct.written and not acct.deferred:
+            if response.status_code >= 400:
+                error = getattr(response, "data", None) or {}
+                acct.status = "rejected" if response.status_code == 429 else "error"
+                acct.error_code = str((error.get("error") or {}).get("code") or "")
+            await acct.write()
+        for name, value in acct.rate_headers().items():
+            response[name] = value
+        return response
 
 
 class ModelListView(InferenceView):
+    endpoint = "models"
+
     @extend_schema(
         operation_id="listModels",
         tags=["Models"],
@@ -78,6 +116,8 @@ class ModelListView(InferenceView):
         ],
     )
     async def get(self, request):
+        acct = self.start_accounting(request)
+        await acct.reserve(model=None, max_completion_tokens=0)
         models = await sync_to_async(selectors.model_list)(
             tenant=request.user.tenant, api_key=request.user.api_key
         )
@@ -85,12 +125,17 @@ class ModelListView(InferenceView):
 
 
 class ModelDetailView(InferenceView):
+    endpoint = "models"
+
     @extend_schema(
         operation_id="retrieveModel",
         tags=["Models"],
         responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 404: ERRORS[404]},
     )
     async def get(self, request, model_id: str):
+        acct = self.start_accounting(request)
+        acct.model_id = model_id[:128]
+        await acct.reserve(model=None, max_completion_tokens=0)
         model = await sync_to_async(selectors.model_get)(
             tenant=request.user.tenant, api_key=request.user.api_key, model_id=model_id
         )
@@ -98,6 +143,8 @@ class ModelDetailView(InferenceView):
 
 
 class CompletionView(InferenceView):
+    endpoint = "completions"
+
     @extend_schema(
         operation_id="createCompletion",
         tags=["Completions"],
@@ -118,15 +165,16 @@ class CompletionView(InferenceView):
         description="Text completion. With `stream: true` the response is `text/event-stream`.",
     )
     async def post(self, request):
+        acct = self.start_accounting(request)
         data = _validated(CompletionRequestSerializer, request)
         return _respond(
-            await services.completion_create(
-                principal=request.user, data=data, request_id=request._request.request_id
-            )
+            await services.completion_create(principal=request.user, data=data, acct=acct)
         )
 
 
 class ChatCompletionView(InferenceView):
+    endpoint = "chat.completions"
+
     @extend_schema(
         operation_id="createChatCompletion",
         tags=["Chat"],
@@ -146,15 +194,16 @@ class ChatCompletionView(InferenceView):
         description="Chat completion. With `stream: true` the response is `text/event-stream`.",
     )
     async def post(self, request):
+        acct = self.start_accounting(request)
         data = _validated(ChatCompletionRequestSerializer, request)
         return _respond(
-            await services.chat_completion_create(
-                principal=request.user, data=data, request_id=request._request.request_id
-            )
+            await services.chat_completion_create(principal=request.user, data=data, acct=acct)
         )
 
 
 class EmbeddingView(InferenceView):
+    endpoint = "embeddings"
+
     @extend_schema(
         operation_id="createEmbedding",
         tags=["Embeddings"],
@@ -169,9 +218,8 @@ class EmbeddingView(InferenceView):
         ],
     )
     async def post(self, request):
+        acct = self.start_accounting(request)
         data = _validated(EmbeddingRequestSerializer, request)
         return Response(
-            await services.embedding_create(
-                principal=request.user, data=data, request_id=request._request.request_id
-            )
+            await services.embedding_create(principal=request.user, data=data, acct=acct)
         )

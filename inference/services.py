@@ -24,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from accounts.authentication import Principal
-from billing.services import usage_record
+from inference.accounting import Accounting
 from inference.chat_formats import CHAT_FORMATS, render_chat
 from inference.engine import (
     EmbeddingResult,
@@ -52,62 +52,6 @@ from llmsite.errors import (
 logger = logging.getLogger("llmsite.inference")
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-
-
-# -- request accounting ---------------------------------------------------------
-@dataclass
-class Accounting:
-    """What one request used; written as exactly one usage record when it ends."""
-
-    principal: Principal
-    endpoint: str
-    request_id: str
-    model_id: str = ""
-    end_user: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    started: float = field(default_factory=time.monotonic)
-    first_token_at: float | None = None
-    status: str = "ok"
-    error_code: str = ""
-    _written: bool = False
-
-    def first_token(self) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-
-    def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            self.status = "cancelled"
-            return
-        self.status = "error"
-        err = to_api_error(exc) if isinstance(exc, Exception) else None
-        self.error_code = (err.code if err else None) or "internal_error"
-
-    async def write(self) -> None:
-        if self._written:
-            return
-        self._written = True
-        ttft = int((self.first_token_at - self.started) * 1000) if self.first_token_at else None
-        record = sync_to_async(usage_record)
-        # Shielded: a client that disconnects cancels us, but its usage still lands.
-        await asyncio.shield(
-            record(
-                tenant=self.principal.tenant,
-                api_key=self.principal.api_key,
-                user=self.principal.user,
-                endpoint=self.endpoint,
-                model_id=self.model_id,
-                end_user=self.end_user,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens,
-                status=self.status,
-                error_code=self.error_code,
-                request_id=self.request_id,
-                latency_ms=int((time.monotonic() - self.started) * 1000),
-                ttft_ms=ttft,
-            )
-        )
 
 
 # -- model and engine -----------------------------------------------------------
@@ -276,9 +220,8 @@ def _completion_logprobs(entries, offset: int) -> dict:
 
 
 async def completion_create(
-    *, principal: Principal, data: dict, request_id: str
+    *, principal: Principal, data: dict, acct: Accounting
 ) -> dict | AsyncIterator[bytes]:
-    acct = Accounting(principal, "completions", request_id, end_user=data.get("user") or "")
     acct.model_id = data["model"]
     try:
         model, engine = await engine_get(principal=principal, model_id=data["model"])
@@ -290,6 +233,7 @@ async def completion_create(
         acct.prompt_tokens = sum(len(tokens) for tokens in prompts)
         n = data["n"]
         _check_capacity(engine, n * len(prompts))
+        await acct.reserve(model=model, max_completion_tokens=max_tokens * n * len(prompts))
         logprobs = data.get("logprobs")
         choices: list[_Choice] = []
         prompt_texts: list[str] = []
@@ -417,6 +361,7 @@ async def completion_create(
             _cancel_all(choices)
             await acct.write()
 
+    acct.deferred = True  # the stream writes the record when it ends
     return stream()
 
 
@@ -457,9 +402,8 @@ def _chat_logprobs(entries) -> dict:
 
 
 async def chat_completion_create(
-    *, principal: Principal, data: dict, request_id: str
+    *, principal: Principal, data: dict, acct: Accounting
 ) -> dict | AsyncIterator[bytes]:
-    acct = Accounting(principal, "chat.completions", request_id, end_user=data.get("user") or "")
     acct.model_id = data["model"]
     try:
         model, engine = await engine_get(principal=principal, model_id=data["model"])
@@ -470,6 +414,7 @@ async def chat_completion_create(
         grammar = _json_grammar(data.get("response_format"))
         logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
         _check_capacity(engine, data["n"])
+        await acct.reserve(model=model, max_completion_tokens=max_tokens * data["n"])
         choices = []
         for c in range(data["n"]):
             params = SamplingParams(
@@ -582,6 +527,7 @@ async def chat_completion_create(
             _cancel_all(choices)
             await acct.write()
 
+    acct.deferred = True  # the stream writes the record when it ends
     return stream()
 
 
@@ -609,8 +555,7 @@ _PLACEHOLDER = re.compile("\x00(\\d+)\x00")
 
 
 # -- /v1/embeddings ---------------------------------------------------------------------
-async def embedding_create(*, principal: Principal, data: dict, request_id: str) -> dict:
-    acct = Accounting(principal, "embeddings", request_id, end_user=data.get("user") or "")
+async def embedding_create(*, principal: Principal, data: dict, acct: Accounting) -> dict:
     acct.model_id = data["model"]
     handle = None
     try:
@@ -633,6 +578,7 @@ async def embedding_create(*, principal: Principal, data: dict, request_id: str)
             inputs.append(tokens)
         acct.prompt_tokens = sum(len(t) for t in inputs)
         _check_capacity(engine, 1)
+        await acct.reserve(model=model, max_completion_tokens=0)
         try:
             handle = engine.submit_embeddings(inputs)
         except EngineClosed as exc:

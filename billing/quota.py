@@ -1,0 +1,449 @@
+"""Quotas and rate limits, exact across processes.
+
+A request reserves, before inference, one unit of its scopes' request
+counters, its estimated tokens (prompt + max_tokens) and estimated cost, and a
+concurrency slot; after inference it settles to the real figures and gives
+the slot back. Scopes are the tenant (plan + overrides) and the key (its own,
+tighter, limits).
+
+All checks of one reservation are decided together and applied together, or
+not at all:
+- with REDIS_URL, by one Lua script (one round trip);
+- without, inside one database transaction holding row locks on the counters
+  (SQLite takes its write lock at BEGIN IMMEDIATE, which serialises as well).
+
+Windows are fixed and in UTC: the minute, the day, the month.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import ApiKey, Tenant
+from billing.models import (
+    ConcurrencyLease,
+    KeyLimits,
+    Limits,
+    ModelPrice,
+    QuotaCounter,
+    TenantBilling,
+)
+from llmsite.errors import RateLimited
+
+logger = logging.getLogger("llmsite.quota")
+
+NANOS = Decimal(1_000_000_000)
+MILLION = Decimal(1_000_000)
+LEASE_SECONDS = 15 * 60  # a crashed process's concurrency slot frees itself after this
+
+
+class QuotaExceeded(RateLimited):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+@dataclass(frozen=True)
+class EffectiveLimits:
+    rpm: int | None = None
+    tpm: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    max_concurrent: int | None = None
+    monthly_budget: Decimal | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, f) is None for f in Limits.LIMIT_FIELDS)
+
+
+def _pick(*rows: Limits | None, name: str):
+    for row in rows:
+        if row is not None and getattr(row, name) is not None:
+            return getattr(row, name)
+    return None
+
+
+def tenant_limits(tenant: Tenant) -> EffectiveLimits:
+    billing = TenantBilling.objects.select_related("plan").filter(tenant=tenant).first()
+    plan = billing.plan if billing else None
+    return EffectiveLimits(**{f: _pick(billing, plan, name=f) for f in Limits.LIMIT_FIELDS})
+
+
+def key_limits(api_key: ApiKey | None) -> EffectiveLimits:
+    if api_key is None:
+        return EffectiveLimits()
+    row = KeyLimits.objects.filter(api_key=api_key).first()
+    return EffectiveLimits(**{f: _pick(row, name=f) for f in Limits.LIMIT_FIELDS})
+
+
+@dataclass(frozen=True)
+class Prices:
+    prompt_per_million: Decimal = Decimal(0)
+    completion_per_million: Decimal = Decimal(0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        raw = (
+            prompt_tokens * self.prompt_per_million
+            + completion_tokens * self.completion_per_million
+        ) / MILLION
+        return raw.quantize(Decimal("0.00000001"), rounding=ROUND_HALF_UP)
+
+
+def prices_for(model_pk: int | None) -> Prices:
+    row = ModelPrice.objects.filter(model_id=model_pk).first() if model_pk else None
+    if row is None:
+        return Prices()
+    return Prices(row.prompt_per_million, row.completion_per_million)
+
+
+# -- windows -------------------------------------------------------------------------
+def _windows(now: datetime) -> dict[str, tuple[str, int]]:
+    """Window id and seconds until it resets, per kind."""
+    minute = now.replace(second=0, microsecond=0)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    days_in_month = calendar.monthrange(now.year, now.month)[1]
+    month_end = day.replace(day=1) + timedelta(days=days_in_month)
+    return {
+        "minute": (minute.strftime("%Y%m%d%H%M"), _until(now, minute + timedelta(minutes=1))),
+        "day": (day.strftime("%Y%m%d"), _until(now, day + timedelta(days=1))),
+        "month": (now.strftime("%Y%m"), _until(now, month_end)),
+    }
+
+
+def _until(now: datetime, end: datetime) -> int:
+    return max(1, math.ceil((end - now).total_seconds()))
+
+
+def reset_text(seconds: int) -> str:
+    """OpenAI's reset format: `1s`, `6m0s`, `2h3m0s`."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+# -- the plan of one reservation -------------------------------------------------------
+@dataclass
+class Check:
+    key: str
+    increment: int
+    limit: int
+    ttl: int  # seconds the counter lives (past its window)
+    reset: int  # seconds until the window resets
+    kind: str  # requests | tokens | tokens_per_day | tokens_per_month | budget
+    scope: str
+
+
+@dataclass
+class Reservation:
+    request_id: str
+    checks: list[Check]
+    slots: list[tuple[str, int]]  # (zset/lease scope, limit)
+    estimated_tokens: int
+    estimated_cost_nanos: int
+    prices: Prices
+    values: dict[str, int] = field(default_factory=dict)  # counter key -> value after reserve
+    settled: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """x-ratelimit-* for the tightest request and token-per-minute limits."""
+        out: dict[str, str] = {}
+        for kind, name in (("requests", "requests"), ("tokens", "tokens")):
+            checks = [c for c in self.checks if c.kind == kind]
+            if not checks:
+                continue
+            tight = min(checks, key=lambda c: c.limit - self.values.get(c.key, 0))
+            remaining = max(0, tight.limit - self.values.get(tight.key, 0))
+            out[f"x-ratelimit-limit-{name}"] = str(tight.limit)
+            out[f"x-ratelimit-remaining-{name}"] = str(remaining)
+            out[f"x-ratelimit-reset-{name}"] = reset_text(tight.reset)
+        return out
+
+
+_KIND_ERROR = {
+    "requests": ("rate_limit_exceeded", "requests per minute"),
+    "tokens": ("rate_limit_exceeded", "tokens per minute"),
+    "tokens_per_day": ("insufficient_quota", "tokens per day"),
+    "tokens_per_month": ("insufficient_quota", "tokens per month"),
+    "budget": ("insufficient_quota", "monthly budget"),
+}
+
+
+def _plan(
+    *,
+    tenant: Tenant,
+    api_key: ApiKey | None,
+    request_id: str,
+    tokens: int,
+    cost_nanos: int,
+    count_request: bool,
+    now: datetime,
+) -> tuple[list[Check], list[tuple[str, int]]]:
+    windows = _windows(now)
+    checks: list[Check] = []
+    slots: list[tuple[str, int]] = []
+    scopes = [(f"t{tenant.pk}", tenant_limits(tenant))]
+    if api_key is not None:
+        scopes.append((f"k{api_key.pk}", key_limits(api_key)))
+    for scope, limits in scopes:
+
+        def add(kind: str, window: str, limit, increment: int, ttl: int, scope=scope) -> None:
+            if limit is None or (increment == 0 and kind != "requests"):
+                return
+            window_id, reset = windows[window]
+            checks.append(
+                Check(
+                    f"llmsite:q:{scope}:{kind}:{window_id}",
+                    increment,
+                    int(limit),
+                    ttl,
+                    reset,
+                    kind,
+                    scope,
+                )
+            )
+
+        if count_request:
+            add("requests", "minute", limits.rpm, 1, 120)
+        add("tokens", "minute", limits.tpm, tokens, 120)
+        add("tokens_per_day", "day", limits.tokens_per_day, tokens, 2 * 86400)
+        add("tokens_per_month", "month", limits.tokens_per_month, tokens, 32 * 86400)
+        if limits.monthly_budget is not None:
+            add("budget", "month", int(limits.monthly_budget * NANOS), cost_nanos, 32 * 86400)
+        if limits.max_concurrent is not None and count_request:
+            slots.append((f"llmsite:q:{scope}:concurrent", limits.max_concurrent))
+    return checks, slots
+
+
+def _refusal(check: Check | None, slot_limit: int | None, current: int) -> RateLimited:
+    if check is None:
+        return RateLimited(
+            f"Too many concurrent requests: the limit is {slot_limit}. Retry when one finishes.",
+            headers={"Retry-After": "1"},
+        )
+    code, what = _KIND_ERROR[check.kind]
+    who = "this API key" if check.scope.startswith("k") else "your organization"
+    if check.kind == "budget":
+        message = "You exceeded your monthly budget; raise it or wait for next month."
+    else:
+        message = (
+            f"Limit reached for {who}: {what} {check.limit}, used {current}, "
+            f"requested {check.increment}."
+        )
+    cls = QuotaExceeded if code == "insufficient_quota" else RateLimited
+    return cls(message, headers={"Retry-After": str(check.reset)})
+
+
+# -- backends ------------------------------------------------------------------------------
+_RESERVE_LUA = """
+local now = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+for i = 1, n do
+  local base = 2 + (i - 1) * 3
+  local incr = tonumber(ARGV[base + 1])
+  local limit = tonumber(ARGV[base + 2])
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if cur + incr > limit then return {i, cur} end
+end
+local zbase = 2 + n * 3
+local nz = #KEYS - n
+for j = 1, nz do
+  local key = KEYS[n + j]
+  local limit = tonumber(ARGV[zbase + (j - 1) * 3 + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local cur = redis.call('ZCARD', key)
+  if cur >= limit then return {n + j, cur} end
+end
+local out = {0}
+for i = 1, n do
+  local base = 2 + (i - 1) * 3
+  local v = redis.call('INCRBY', KEYS[i], tonumber(ARGV[base + 1]))
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[base + 3]))
+  out[#out + 1] = v
+end
+for j = 1, nz do
+  local key = KEYS[n + j]
+  local member = ARGV[zbase + (j - 1) * 3 + 2]
+  local expiry = tonumber(ARGV[zbase + (j - 1) * 3 + 3])
+  redis.call('ZADD', key, expiry, member)
+  redis.call('PEXPIRE', key, expiry - now + 60000)
+end
+return out
+"""
+
+
+class RedisBackend:
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+        self._script = self._client.register_script(_RESERVE_LUA)
+
+    def reserve(self, reservation: Reservation) -> None:
+        now_ms = int(time.time() * 1000)
+        keys = [c.key for c in reservation.checks] + [s for s, _ in reservation.slots]
+        args: list = [now_ms, len(reservation.checks)]
+        for c in reservation.checks:
+            args += [c.increment, c.limit, c.ttl]
+        for _, limit in reservation.slots:
+            args += [limit, reservation.request_id, now_ms + LEASE_SECONDS * 1000]
+        result = self._script(keys=keys, args=args)
+        failed, *rest = (int(x) for x in result)
+        if failed:
+            n = len(reservation.checks)
+            if failed <= n:
+                raise _refusal(reservation.checks[failed - 1], None, rest[0])
+            raise _refusal(None, reservation.slots[failed - n - 1][1], rest[0])
+        reservation.values = {c.key: v for c, v in zip(reservation.checks, rest)}
+
+    def settle(self, reservation: Reservation, deltas: dict[str, int]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for key, delta in deltas.items():
+            if delta:
+                pipe.incrby(key, delta)
+        for scope, _ in reservation.slots:
+            pipe.zrem(scope, reservation.request_id)
+        pipe.execute()
+
+
+class DatabaseBackend:
+    def reserve(self, reservation: Reservation) -> None:
+        now = timezone.now()
+        checks = reservation.checks
+        ttl = {c.key: c.ttl for c in checks}
+        keys = sorted(set(ttl) | {s for s, _ in reservation.slots})
+        with transaction.atomic():
+            for key in keys:
+                _ensure_counter(key, now + timedelta(seconds=ttl.get(key, LEASE_SECONDS)))
+            # Locked in key order: two reservations over the same scopes cannot deadlock.
+            # Window ids are part of the keys, so a counter never needs resetting.
+            current = dict(
+                QuotaCounter.objects.select_for_update()
+                .filter(key__in=keys)
+                .order_by("key")
+                .values_list("key", "value")
+            )
+            for check in checks:
+                if current[check.key] + check.increment > check.limit:
+                    raise _refusal(check, None, current[check.key])
+            for scope, limit in reservation.slots:
+                ConcurrencyLease.objects.filter(scope=scope, expires_at__lte=now).delete()
+                held = ConcurrencyLease.objects.filter(scope=scope).count()
+                if held >= limit:
+                    raise _refusal(None, limit, held)
+            for check in checks:
+                current[check.key] += check.increment
+                QuotaCounter.objects.filter(key=check.key).update(value=current[check.key])
+            for scope, _ in reservation.slots:
+                ConcurrencyLease.objects.create(
+                    scope=scope,
+                    request_id=reservation.request_id,
+                    expires_at=now + timedelta(seconds=LEASE_SECONDS),
+                )
+        reservation.values = {c.key: current[c.key] for c in checks}
+
+    def settle(self, reservation: Reservation, deltas: dict[str, int]) -> None:
+        with transaction.atomic():
+            for key, delta in deltas.items():
+                if delta:
+                    QuotaCounter.objects.filter(key=key).update(value=F("value") + delta)
+            for scope, _ in reservation.slots:
+                ConcurrencyLease.objects.filter(
+                    scope=scope, request_id=reservation.request_id
+                ).delete()
+
+
+def _ensure_counter(key: str, expires_at: datetime) -> None:
+    if QuotaCounter.objects.filter(key=key).exists():
+        return
+    try:
+        with transaction.atomic():
+            QuotaCounter.objects.create(key=key, value=0, expires_at=expires_at)
+    except IntegrityError:
+        pass  # created by a concurrent reservation
+
+
+_backend = None
+
+
+def backend():
+    global _backend
+    url = settings.REDIS_URL
+    if _backend is None or getattr(_backend, "url", None) != url:
+        _backend = RedisBackend(url) if url else DatabaseBackend()
+        _backend.url = url
+    return _backend
+
+
+# -- the API used by the request path ----------------------------------------------------
+def quota_reserve(
+    *,
+    tenant: Tenant,
+    api_key: ApiKey | None,
+    request_id: str,
+    prompt_tokens: int,
+    max_completion_tokens: int,
+    model_pk: int | None,
+    count_request: bool = True,
+) -> Reservation:
+    """Reserve before inference; raises RateLimited / QuotaExceeded (429) when refused."""
+    prices = prices_for(model_pk)
+    tokens = prompt_tokens + max_completion_tokens
+    cost = prices.cost(prompt_tokens, max_completion_tokens)
+    checks, slots = _plan(
+        tenant=tenant,
+        api_key=api_key,
+        request_id=request_id,
+        tokens=tokens,
+        cost_nanos=int(cost * NANOS),
+        count_request=count_request,
+        now=datetime.now(UTC),
+    )
+    reservation = Reservation(
+        request_id=request_id,
+        checks=checks,
+        slots=slots,
+        estimated_tokens=tokens,
+        estimated_cost_nanos=int(cost * NANOS),
+        prices=prices,
+    )
+    if checks or slots:
+        backend().reserve(reservation)
+    return reservation
+
+
+def quota_settle(*, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> None:
+    """Give back what was reserved and not used, and the concurrency slot. Idempotent."""
+    if reservation.settled:
+        return
+    reservation.settled = True
+    if not reservation.checks and not reservation.slots:
+        return
+    actual_tokens = prompt_tokens + completion_tokens
+    actual_cost = int(reservation.prices.cost(prompt_tokens, completion_tokens) * NANOS)
+    deltas: dict[str, int] = {}
+    for check in reservation.checks:
+        if check.kind in ("tokens", "tokens_per_day", "tokens_per_month"):
+            deltas[check.key] = actual_tokens - reservation.estimated_tokens
+        elif check.kind == "budget":
+            deltas[check.key] = actual_cost - reservation.estimated_cost_nanos
+    try:
+        backend().settle(reservation, deltas)
+    except Exception:
+        # Never lose the usage record over this; the lease expires on its own.
+        logger.exception("settling quota for %s failed", reservation.request_id)

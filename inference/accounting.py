@@ -1,0 +1,100 @@
+"""One request's accounting: quota reservation before inference, settlement and
+exactly one usage record after it, however the request ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+
+from accounts.authentication import Principal
+from billing.quota import Reservation, prices_for, quota_reserve, quota_settle
+from billing.services import usage_record
+from llmsite.errors import to_api_error
+
+
+@dataclass
+class Accounting:
+    principal: Principal
+    endpoint: str
+    request_id: str
+    model_id: str = ""
+    end_user: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    status: str = "ok"
+    error_code: str = ""
+    reservation: Reservation | None = None
+    model_pk: int | None = None
+    # Set when a stream took over: its `finally` writes the record, not the view.
+    deferred: bool = False
+    written: bool = False
+
+    def first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self.status = "cancelled"
+            return
+        err = to_api_error(exc) if isinstance(exc, Exception) else None
+        self.status = "rejected" if err is not None and err.status == 429 else "error"
+        self.error_code = (err.code if err else None) or "internal_error"
+
+    async def reserve(self, *, model, max_completion_tokens: int, count_request: bool = True):
+        self.model_pk = model.pk if model is not None else None
+        self.reservation = await sync_to_async(quota_reserve)(
+            tenant=self.principal.tenant,
+            api_key=self.principal.api_key,
+            request_id=self.request_id,
+            prompt_tokens=self.prompt_tokens,
+            max_completion_tokens=max_completion_tokens,
+            model_pk=self.model_pk,
+            count_request=count_request,
+        )
+
+    def rate_headers(self) -> dict[str, str]:
+        return self.reservation.headers() if self.reservation else {}
+
+    async def write(self) -> None:
+        if self.written:
+            return
+        self.written = True
+        ttft = int((self.first_token_at - self.started) * 1000) if self.first_token_at else None
+        latency = int((time.monotonic() - self.started) * 1000)
+        # Shielded: a client that disconnects cancels us, but its usage still lands.
+        await asyncio.shield(sync_to_async(self._finish)(latency, ttft))
+
+    def _finish(self, latency_ms: int, ttft_ms: int | None) -> None:
+        if self.reservation is None:
+            # Refused before inference (validation, quota, context length): nothing
+            # was computed for it, so nothing is billed.
+            self.prompt_tokens = self.completion_tokens = 0
+        prices = self.reservation.prices if self.reservation else prices_for(self.model_pk)
+        if self.reservation is not None:
+            quota_settle(
+                reservation=self.reservation,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+            )
+        usage_record(
+            tenant=self.principal.tenant,
+            api_key=self.principal.api_key,
+            user=self.principal.user,
+            endpoint=self.endpoint,
+            model_id=self.model_id,
+            end_user=self.end_user,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost=prices.cost(self.prompt_tokens, self.completion_tokens),
+            status=self.status,
+            error_code=self.error_code,
+            request_id=self.request_id,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+        )
