@@ -20,6 +20,7 @@ from __future__ import annotations
 import calendar
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -195,6 +196,7 @@ def _plan(
     now: datetime,
 ) -> tuple[list[Check], list[tuple[str, int]]]:
     windows = _windows(now)
+    prefix = settings.LLMSITE_QUOTA_PREFIX
     checks: list[Check] = []
     slots: list[tuple[str, int]] = []
     scopes = [(f"t{tenant.pk}", tenant_limits(tenant))]
@@ -226,7 +228,7 @@ def _plan(
         if limits.monthly_budget is not None:
             add("budget", "month", int(limits.monthly_budget * NANOS), cost_nanos, 32 * 86400)
         if limits.max_concurrent is not None and count_request:
-            slots.append((f"llmsite:q:{scope}:concurrent", limits.max_concurrent))
+            slots.append((f"{prefix}:{scope}:concurrent", limits.max_concurrent))
     return checks, slots
 
 
@@ -383,10 +385,12 @@ _backend = None
 
 def backend():
     global _backend
-    url = settings.REDIS_URL
-    if _backend is None or getattr(_backend, "url", None) != url:
+    choice = settings.LLMSITE_QUOTA_BACKEND
+    url = settings.REDIS_URL if choice != "db" else ""
+    if _backend is None or _backend.url != url or os.getpid() != _backend.pid:
         _backend = RedisBackend(url) if url else DatabaseBackend()
         _backend.url = url
+        _backend.pid = os.getpid()  # a forked worker needs its own Redis connections
     return _backend
 
 

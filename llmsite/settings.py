@@ -127,6 +127,8 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several sync threads write usage rows; wait for the lock instead of failing at once.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    # A file, not memory, so that tests can hammer it from several processes.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test_llmsite.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 _redis = env_str("REDIS_URL").strip()
@@ -216,6 +218,13 @@ LLMSITE_PRELOAD = env_bool("LLMSITE_PRELOAD", False)
 LLMSITE_N_THREADS = env_int("LLMSITE_N_THREADS", os.cpu_count() or 1, minimum=1)
 LLMSITE_LOAD_TIMEOUT = env_int("LLMSITE_LOAD_TIMEOUT", 30, minimum=1)
 LLMSITE_MAX_QUEUE = env_int("LLMSITE_MAX_QUEUE", 64, minimum=0)
+# Quota counters: "auto" uses Redis when REDIS_URL is set, else database row locks.
+LLMSITE_QUOTA_BACKEND = env_str("LLMSITE_QUOTA_BACKEND", "auto")
+if LLMSITE_QUOTA_BACKEND not in {"auto", "redis", "db"}:
+    raise ConfigError("LLMSITE_QUOTA_BACKEND must be auto, redis or db")
+if LLMSITE_QUOTA_BACKEND == "redis" and not REDIS_URL:
+    raise ConfigError("LLMSITE_QUOTA_BACKEND=redis needs REDIS_URL")
+LLMSITE_QUOTA_PREFIX = env_str("LLMSITE_QUOTA_PREFIX", "llmsite:q")
 MODELS_DIR = DATA_DIR / "models"
 
 LOGGING = {

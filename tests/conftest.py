@@ -52,3 +52,18 @@ def anon_client(gemma) -> APIClient:
 def _fast_password_hashing(settings):
     # PBKDF2's deliberate slowness would dominate the suite's sign-ins.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_quota_counters(settings):
+    # Redis outlives each test's database: give every test its own counter keys.
+    import uuid
+
+    settings.LLMSITE_QUOTA_PREFIX = f"llmsite:test:{uuid.uuid4().hex}"
+
+
+def quota_backends():
+    """Both quota paths when Redis is configured, else the database path alone."""
+    from django.conf import settings as django_settings
+
+    return ["db", "redis"] if django_settings.REDIS_URL else ["db"]
