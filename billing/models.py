@@ -162,3 +162,65 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class DailyUsage(models.Model):
+    """Per tenant, day (UTC), model and key: kept when raw records are pruned."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="daily_usage")
+    day = models.DateField()
+    model_id = models.CharField(max_length=128, blank=True)
+    key_prefix = models.CharField(max_length=16, blank=True, help_text="Empty for JWT calls.")
+    requests = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal(0))
+
+    class Meta:
+        ordering = ["day", "model_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "day", "model_id", "key_prefix"],
+                name="one_rollup_per_day_model_key",
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.day} {self.model_id}"
+
+
+class Statement(models.Model):
+    """A tenant's bill for one calendar month (UTC). Written by close_billing_period."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="statements")
+    month = models.DateField(help_text="First day of the month.")
+    requests = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    total = models.DecimalField(**MONEY, default=Decimal(0))
+    closed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-month", "tenant"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "month"], name="one_statement_per_month")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.month:%Y-%m}: {self.total}"
+
+
+class StatementLine(models.Model):
+    statement = models.ForeignKey(Statement, on_delete=models.CASCADE, related_name="lines")
+    model_id = models.CharField(max_length=128)
+    requests = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal(0))
+
+    class Meta:
+        ordering = ["model_id"]
+
+    def __str__(self) -> str:
+        return f"{self.statement}: {self.model_id} {self.cost}"

@@ -2,12 +2,57 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from django.db import IntegrityError, transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
 from accounts.models import ApiKey, Tenant
-from billing.models import KeyLimits, Limits, ModelPrice, Plan, TenantBilling, UsageRecord
+from billing.models import (
+    DailyUsage,
+    KeyLimits,
+    Limits,
+    ModelPrice,
+    Plan,
+    Statement,
+    StatementLine,
+    TenantBilling,
+    UsageRecord,
+)
 
 
+def _rollup_add(record: UsageRecord) -> None:
+    """Add one record to its day's roll-up: an UPDATE with F(), or the first INSERT."""
+    key = {
+        "tenant_id": record.tenant_id,
+        "day": record.created_at.astimezone(UTC).date(),
+        "model_id": record.model_id,
+        "key_prefix": record.api_key.prefix if record.api_key else "",
+    }
+    increments = {
+        "requests": F("requests") + 1,
+        "prompt_tokens": F("prompt_tokens") + record.prompt_tokens,
+        "completion_tokens": F("completion_tokens") + record.completion_tokens,
+        "cost": F("cost") + record.cost,
+    }
+    if DailyUsage.objects.filter(**key).update(**increments):
+        return
+    try:
+        with transaction.atomic():
+            DailyUsage.objects.create(
+                **key,
+                requests=1,
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                cost=record.cost,
+            )
+    except IntegrityError:  # another process inserted it first
+        DailyUsage.objects.filter(**key).update(**increments)
+
+
+@transaction.atomic
 def usage_record(
     *,
     tenant: Tenant,
@@ -25,7 +70,7 @@ def usage_record(
     latency_ms: int,
     ttft_ms: int | None,
 ) -> UsageRecord:
-    return UsageRecord.objects.create(
+    record = UsageRecord.objects.create(
         tenant=tenant,
         api_key=api_key,
         user=user,
@@ -41,6 +86,8 @@ def usage_record(
         latency_ms=max(0, latency_ms),
         ttft_ms=ttft_ms,
     )
+    _rollup_add(record)
+    return record
 
 
 def limits_set(*, tenant: Tenant, api_key: ApiKey | None = None, **limits) -> Limits:
@@ -90,3 +137,56 @@ def price_set(*, model, prompt_per_million: Decimal, completion_per_million: Dec
 
 
 UNLIMITED = object()
+
+
+def month_bounds(month: date) -> tuple[date, date]:
+    start = month.replace(day=1)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+@transaction.atomic
+def statement_close(*, tenant: Tenant, month: date) -> Statement | None:
+    """Write (or rewrite) a tenant's statement for a month from the daily roll-ups.
+
+    Idempotent: closing the same month twice gives the same statement.
+    """
+    start, end = month_bounds(month)
+    lines = list(
+        DailyUsage.objects.filter(tenant=tenant, day__gte=start, day__lt=end)
+        .values("model_id")
+        .annotate(
+            n=Sum("requests"), p=Sum("prompt_tokens"), c=Sum("completion_tokens"), cost=Sum("cost")
+        )
+        .order_by("model_id")
+    )
+    Statement.objects.filter(tenant=tenant, month=start).delete()
+    if not lines:
+        return None
+    statement = Statement.objects.create(
+        tenant=tenant,
+        month=start,
+        requests=sum(line["n"] for line in lines),
+        prompt_tokens=sum(line["p"] for line in lines),
+        completion_tokens=sum(line["c"] for line in lines),
+        total=sum((line["cost"] for line in lines), Decimal(0)),
+    )
+    StatementLine.objects.bulk_create(
+        StatementLine(
+            statement=statement,
+            model_id=line["model_id"],
+            requests=line["n"],
+            prompt_tokens=line["p"],
+            completion_tokens=line["c"],
+            cost=line["cost"],
+        )
+        for line in lines
+    )
+    return statement
+
+
+def usage_prune(*, older_than_days: int, now: datetime | None = None) -> int:
+    """Delete raw usage records older than N days; the daily roll-ups stay."""
+    cutoff = (now or timezone.now()) - timedelta(days=older_than_days)
+    deleted, _ = UsageRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -225,6 +225,8 @@ if LLMSITE_QUOTA_BACKEND not in {"auto", "redis", "db"}:
 if LLMSITE_QUOTA_BACKEND == "redis" and not REDIS_URL:
     raise ConfigError("LLMSITE_QUOTA_BACKEND=redis needs REDIS_URL")
 LLMSITE_QUOTA_PREFIX = env_str("LLMSITE_QUOTA_PREFIX", "llmsite:q")
+# Raw usage records older than this are pruned by `manage.py prune_usage` (0: keep all).
+LLMSITE_USAGE_RETENTION_DAYS = env_int("LLMSITE_USAGE_RETENTION_DAYS", 0, minimum=0) or None
 MODELS_DIR = DATA_DIR / "models"
 
 LOGGING = {
