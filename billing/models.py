@@ -224,3 +224,21 @@ class StatementLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.statement}: {self.model_id} {self.cost}"
+
+
+class BudgetAlert(models.Model):
+    """The soft-budget warning sent for a tenant and month (at most one)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="budget_alerts")
+    month = models.DateField()
+    spent = models.DecimalField(**MONEY)
+    budget = models.DecimalField(max_digits=14, decimal_places=2)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "month"], name="one_budget_alert_per_month")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.month:%Y-%m}: {self.spent}/{self.budget}"

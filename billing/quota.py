@@ -161,6 +161,10 @@ class Reservation:
     values: dict[str, int] = field(default_factory=dict)  # counter key -> value after reserve
     settled: bool = False
 
+    @property
+    def has_budget(self) -> bool:
+        return any(c.kind == "budget" for c in self.checks)
+
     def headers(self) -> dict[str, str]:
         """x-ratelimit-* for the tightest request and token-per-minute limits."""
         out: dict[str, str] = {}

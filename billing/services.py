@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
 from accounts.models import ApiKey, Tenant
 from billing.models import (
+    BudgetAlert,
     DailyUsage,
     KeyLimits,
     Limits,
@@ -190,3 +192,69 @@ def usage_prune(*, older_than_days: int, now: datetime | None = None) -> int:
     cutoff = (now or timezone.now()) - timedelta(days=older_than_days)
     deleted, _ = UsageRecord.objects.filter(created_at__lt=cutoff).delete()
     return deleted
+
+
+def budget_check(*, tenant: Tenant) -> BudgetAlert | None:
+    """Warn once a month when spend crosses the soft share of the monthly budget.
+
+    Sends an email through Django's email backend (to the billing email, else the
+    tenant's owners) and writes an audit row. The hard limit itself is enforced
+    by the quota reservation, which answers 429 insufficient_quota.
+    """
+    from accounts.models import Membership, Role
+    from accounts.services import SYSTEM, audit_record
+    from billing.quota import tenant_limits
+
+    limits = tenant_limits(tenant)
+    if limits.monthly_budget is None or limits.monthly_budget <= 0:
+        return None
+    billing = TenantBilling.objects.select_related("plan").filter(tenant=tenant).first()
+    percent = billing.plan.soft_budget_percent if billing and billing.plan else 80
+    start, end = month_bounds(timezone.now().astimezone(UTC).date())
+    spent = DailyUsage.objects.filter(tenant=tenant, day__gte=start, day__lt=end).aggregate(
+        total=Sum("cost")
+    )["total"] or Decimal(0)
+    if spent * 100 < limits.monthly_budget * percent:
+        return None
+    try:
+        with transaction.atomic():
+            alert = BudgetAlert.objects.create(
+                tenant=tenant, month=start, spent=spent, budget=limits.monthly_budget
+            )
+    except IntegrityError:
+        return None  # already warned this month
+    recipients = (
+        [billing.billing_email]
+        if billing and billing.billing_email
+        else [
+            m.user.email
+            for m in Membership.objects.filter(tenant=tenant, role=Role.OWNER).select_related(
+                "user"
+            )
+            if m.user.email
+        ]
+    )
+    if recipients:
+        send_mail(
+            subject=f"[llmsite] {tenant.name}: {percent}% of the monthly budget used",
+            message=(
+                f"Tenant {tenant.slug} has spent {spent} of its {limits.monthly_budget} budget "
+                f"for {start:%Y-%m}. Requests are refused once the budget is reached."
+            ),
+            from_email=None,
+            recipient_list=recipients,
+            fail_silently=True,
+        )
+    audit_record(
+        actor=SYSTEM,
+        action="billing.soft_budget_reached",
+        tenant=tenant,
+        target=alert,
+        data={
+            "spent": str(spent),
+            "budget": str(limits.monthly_budget),
+            "percent": percent,
+            "notified": len(recipients),
+        },
+    )
+    return alert

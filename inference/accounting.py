@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 
 from accounts.authentication import Principal
 from billing.quota import Reservation, prices_for, quota_reserve, quota_settle
-from billing.services import usage_record
+from billing.services import budget_check, usage_record
 from llmsite.errors import to_api_error
 
 
@@ -98,3 +98,5 @@ class Accounting:
             latency_ms=latency_ms,
             ttft_ms=ttft_ms,
         )
+        if self.reservation is not None and self.reservation.has_budget:
+            budget_check(tenant=self.principal.tenant)

@@ -129,3 +129,24 @@ def test_set_quota_validates_its_input(tenant):
 )
 def test_reset_text_uses_openai_format(seconds, text):
     assert reset_text(seconds) == text
+
+
+def test_soft_budget_warns_once_by_email_and_audit(backend, client, tenant, mailoutbox):
+    from accounts.models import AuditLog
+    from billing.models import TenantBilling
+
+    call_command(
+        "set_price", "gemma-3-270m", "--prompt", "1000", "--completion", "1000", stdout=StringIO()
+    )
+    call_command("set_quota", "--tenant", "acme", "--budget", "0.05", stdout=StringIO())
+    TenantBilling.objects.filter(tenant=tenant).update(billing_email="bills@acme.test")
+    spent = Decimal(0)
+    while spent < Decimal("0.04"):  # 80% of 0.05
+        assert not mailoutbox
+        r = complete(client, max_tokens=2)
+        assert r.status_code == 200
+        spent = sum(UsageRecord.objects.values_list("cost", flat=True), Decimal(0))
+    assert len(mailoutbox) == 1 and mailoutbox[0].to == ["bills@acme.test"]
+    complete(client, max_tokens=1)
+    assert len(mailoutbox) == 1
+    assert AuditLog.objects.filter(action="billing.soft_budget_reached", tenant=tenant).count() == 1
