@@ -24,7 +24,7 @@ urlpatterns = [
     path("tenants/", api.TenantListView.as_view(), name="tenants"),
     path(
         "tenants/<slug:slug>/usage",
-        billing_api.UsageViewSet.as_view({"get": "list"}),
+        billing_api.UsageNoSlashViewSet.as_view({"get": "list"}),
         name="tenant-usage-noslash",
     ),
     *router.urls,

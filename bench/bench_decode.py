@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import json
 import math
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -265,6 +267,18 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the bench dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    # SystemExit unwinds through the `finally` blocks that stop the servers.
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def server_process(
     cmd: list[str], log_path: Path, env: dict[str, str] | None = None
@@ -279,6 +293,7 @@ def server_process(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C reaches us, and we stop it in order
+            preexec_fn=_die_with_parent,
         )
         try:
             yield proc
@@ -593,6 +608,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
     model_path = prepare_model()
     cfg = Config(model_path, args.runs, args.max_tokens, args.threads)
     log(

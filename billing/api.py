@@ -116,3 +116,8 @@ class StatementViewSet(TenantScopedViewSet):
         first = date.fromisoformat(f"{month}-01")
         statement = selectors.statement_get(tenant=self.tenant, month=first)
         return Response(StatementSerializer(statement).data)
+
+
+@extend_schema(exclude=True)
+class UsageNoSlashViewSet(UsageViewSet):
+    """`/usage` without the trailing slash, as the API is documented; same view."""

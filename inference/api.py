@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+
 from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -42,10 +45,30 @@ def _validated(serializer_class, request) -> dict:
     return dict(serializer.validated_data)
 
 
+def _sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+async def sse_frames(chunks) -> AsyncIterator[bytes]:
+    """One `data:` event per chunk, then `data: [DONE]` unless the stream failed."""
+    failed = False
+    try:
+        async for chunk in chunks:
+            failed = "error" in chunk
+            yield _sse(chunk)
+        if not failed:
+            yield _sse("[DONE]")
+    finally:
+        # Closing the outer generator (a client that left) must close the
+        # service's stream now, so its `finally` frees the engine and bills.
+        await chunks.aclose()
+
+
 def _respond(result) -> Response | StreamingHttpResponse:
     if isinstance(result, dict):
         return Response(result)
-    response = StreamingHttpResponse(result, content_type="text/event-stream")
+    response = StreamingHttpResponse(sse_frames(result), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

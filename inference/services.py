@@ -2,8 +2,9 @@
 
 Each service resolves the model through the caller's tenant, turns the request
 into token ids, checks it against the context, queues it on the model's
-engine, and shapes the result. Streams are async iterators of SSE bytes. The
-usage record is written in a `finally`, so a request that fails or a client
+engine, and shapes the result. Streams are async iterators of chunk objects
+(an error object ends a failed stream); the transport (SSE, WebSocket) frames
+them. The usage record is written in a `finally`, so a request that fails or a client
 that disconnects is still accounted for exactly once.
 """
 
@@ -156,11 +157,6 @@ def _fingerprint(model: LLMModel) -> str:
     return f"fp_{model.model_id[:16]}_{model.n_ctx}"
 
 
-def _sse(payload: dict | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
-
-
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {
         "prompt_tokens": prompt_tokens,
@@ -221,7 +217,7 @@ def _completion_logprobs(entries, offset: int) -> dict:
 
 async def completion_create(
     *, principal: Principal, data: dict, acct: Accounting
-) -> dict | AsyncIterator[bytes]:
+) -> dict | AsyncIterator[dict]:
     acct.model_id = data["model"]
     try:
         model, engine = await engine_get(principal=principal, model_id=data["model"])
@@ -299,7 +295,7 @@ async def completion_create(
             "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
         }
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[dict]:
         include_usage = data["include_usage"]
 
         def chunk(index: int, text: str, finish: str | None, lp=None) -> bytes:
@@ -315,7 +311,7 @@ async def completion_create(
             }
             if include_usage:
                 body["usage"] = None
-            return _sse(body)
+            return body
 
         try:
             for choice in choices:
@@ -338,7 +334,7 @@ async def completion_create(
                         finish = "stop" if event.finish_reason == "stop" else "length"
                         yield chunk(choice.index, "", finish)
             if include_usage:
-                yield _sse(
+                yield (
                     {
                         "id": meta["id"],
                         "object": "text_completion",
@@ -349,12 +345,11 @@ async def completion_create(
                         "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
                     }
                 )
-            yield _sse("[DONE]")
         except BaseException as exc:
             acct.fail(exc)
             if isinstance(exc, Exception):
                 err = _engine_failure(exc) if isinstance(exc, EngineError) else to_api_error(exc)
-                yield _sse((err or internal_error()).body())
+                yield (err or internal_error()).body()
             else:
                 raise
         finally:
@@ -403,7 +398,7 @@ def _chat_logprobs(entries) -> dict:
 
 async def chat_completion_create(
     *, principal: Principal, data: dict, acct: Accounting
-) -> dict | AsyncIterator[bytes]:
+) -> dict | AsyncIterator[dict]:
     acct.model_id = data["model"]
     try:
         model, engine = await engine_get(principal=principal, model_id=data["model"])
@@ -470,7 +465,7 @@ async def chat_completion_create(
             "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
         }
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[dict]:
         include_usage = data["include_usage"]
 
         def chunk(index: int, delta: dict, finish: str | None, lp=None) -> bytes:
@@ -486,7 +481,7 @@ async def chat_completion_create(
             }
             if include_usage:
                 body["usage"] = None
-            return _sse(body)
+            return body
 
         try:
             for choice in choices:
@@ -504,7 +499,7 @@ async def chat_completion_create(
                         finish = "stop" if event.finish_reason == "stop" else "length"
                         yield chunk(choice.index, {}, finish)
             if include_usage:
-                yield _sse(
+                yield (
                     {
                         "id": meta["id"],
                         "object": "chat.completion.chunk",
@@ -515,12 +510,11 @@ async def chat_completion_create(
                         "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
                     }
                 )
-            yield _sse("[DONE]")
         except BaseException as exc:
             acct.fail(exc)
             if isinstance(exc, Exception):
                 err = _engine_failure(exc) if isinstance(exc, EngineError) else to_api_error(exc)
-                yield _sse((err or internal_error()).body())
+                yield (err or internal_error()).body()
             else:
                 raise
         finally:

@@ -128,7 +128,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several sync threads write usage rows; wait for the lock instead of failing at once.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     # A file, not memory, so that tests can hammer it from several processes.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test_llmsite.sqlite3")}
+    # Per process, so two suites in one checkout never share (and delete) one file.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test_llmsite_{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 _redis = env_str("REDIS_URL").strip()

@@ -14,16 +14,26 @@ PASSWORD = "a-Long-passphrase-42"
 
 
 def test_owner_signs_in_issues_uses_rotates_and_audits(gemma):
-    call_command("create_user", "alice", "--tenant", "acme", "--role", "owner",
-                 stdin=StringIO(PASSWORD + "\n"), stdout=StringIO())
+    call_command(
+        "create_user",
+        "alice",
+        "--tenant",
+        "acme",
+        "--role",
+        "owner",
+        stdin=StringIO(PASSWORD + "\n"),
+        stdout=StringIO(),
+    )
     anon = APIClient()
-    tokens = anon.post("/api/auth/token/", {"username": "alice", "password": PASSWORD},
-                       format="json").json()
+    tokens = anon.post(
+        "/api/auth/token/", {"username": "alice", "password": PASSWORD}, format="json"
+    ).json()
     alice = APIClient()
     alice.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
 
-    created = alice.post("/api/tenants/acme/keys/", {"name": "ci", "scopes": ["inference"]},
-                         format="json")
+    created = alice.post(
+        "/api/tenants/acme/keys/", {"name": "ci", "scopes": ["inference"]}, format="json"
+    )
     assert created.status_code == 201
     key_id, raw = created.json()["id"], created.json()["key"]
 
@@ -31,8 +41,9 @@ def test_owner_signs_in_issues_uses_rotates_and_audits(gemma):
     holder.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert "gemma-3-270m" in {m["id"] for m in holder.get("/v1/models").json()["data"]}
 
-    rotated = alice.post(f"/api/tenants/acme/keys/{key_id}/rotate/", {"grace_seconds": 3600},
-                         format="json")
+    rotated = alice.post(
+        f"/api/tenants/acme/keys/{key_id}/rotate/", {"grace_seconds": 3600}, format="json"
+    )
     assert rotated.status_code == 201
     assert holder.get("/v1/models").status_code == 200  # inside the grace period
 

@@ -56,3 +56,18 @@ def test_added_model_serves_completions(client, gemma, tmp_path):
     assert r.status_code == 200 and r.json()["model"] == "gemma-second"
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert {"gemma-3-270m", "gemma-second"} <= set(ids)
+
+
+def test_add_model_is_audited(tmp_path, gemma):
+    from accounts.models import AuditLog
+
+    link = tmp_path / "audited.gguf"
+    link.symlink_to(resolve_path(gemma.path))
+    call_command("add_model", "audited", str(link), stdout=StringIO())
+    call_command("add_model", "audited", str(link), "--disabled", stdout=StringIO())
+    actions = list(
+        AuditLog.objects.filter(target_id=str(LLMModel.objects.get(model_id="audited").pk))
+        .order_by("id")
+        .values_list("action", flat=True)
+    )
+    assert actions == ["model.added", "model.disabled"]

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from inference.chat_formats import CHAT_FORMATS
 from inference.engine import ModelLoadError, check_gguf
 from inference.models import LLMModel, model_id_validator
+from inference.operations import model_save
 
 
 class Command(BaseCommand):
@@ -35,17 +36,21 @@ class Command(BaseCommand):
             raise CommandError("--n-ctx must be at least 16 and --n-batch at least 1")
         if opts["n_threads"] is not None and opts["n_threads"] < 1:
             raise CommandError("--n-threads must be at least 1")
-        model, created = LLMModel.objects.update_or_create(
-            model_id=model_id,
-            defaults={
-                "path": str(gguf),
-                "n_ctx": opts["n_ctx"],
-                "n_threads": opts["n_threads"],
-                "n_batch": opts["n_batch"],
-                "chat_format": opts["chat_format"],
-                "embeddings": not opts["no_embeddings"],
-                "enabled": not opts["disabled"],
-            },
-        )
+        values = {
+            "path": str(gguf),
+            "n_ctx": opts["n_ctx"],
+            "n_threads": opts["n_threads"],
+            "n_batch": opts["n_batch"],
+            "chat_format": opts["chat_format"],
+            "embeddings": not opts["no_embeddings"],
+            "enabled": not opts["disabled"],
+        }
+        model = LLMModel.objects.filter(model_id=model_id).first()
+        created = model is None
+        model = model or LLMModel(model_id=model_id)
+        changed = [name for name, value in values.items() if getattr(model, name) != value]
+        for name, value in values.items():
+            setattr(model, name, value)
+        model_save(model=model, created=created, changed_fields=changed)
         verb = "Registered" if created else "Updated"
         self.stdout.write(f"{verb} model {model.model_id} -> {gguf}")
