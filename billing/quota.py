@@ -102,6 +102,17 @@ class Prices:
         return raw.quantize(Decimal("0.00000001"), rounding=ROUND_HALF_UP)
 
 
+def prices_of(model) -> Prices:
+    """Prices from a model row fetched with select_related("price") (no query)."""
+    from django.core.exceptions import ObjectDoesNotExist
+
+    try:
+        row = model.price
+    except ObjectDoesNotExist:
+        return Prices()
+    return Prices(row.prompt_per_million, row.completion_per_million)
+
+
 def prices_for(model_pk: int | None) -> Prices:
     row = ModelPrice.objects.filter(model_id=model_pk).first() if model_pk else None
     if row is None:
@@ -408,9 +419,10 @@ def quota_reserve(
     max_completion_tokens: int,
     model_pk: int | None,
     count_request: bool = True,
+    prices: Prices | None = None,
 ) -> Reservation:
     """Reserve before inference; raises RateLimited / QuotaExceeded (429) when refused."""
-    prices = prices_for(model_pk)
+    prices = prices if prices is not None else prices_for(model_pk)
     tokens = prompt_tokens + max_completion_tokens
     cost = prices.cost(prompt_tokens, max_completion_tokens)
     checks, slots = _plan(

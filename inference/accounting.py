@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from asgiref.sync import sync_to_async
 
 from accounts.authentication import Principal
-from billing.quota import Reservation, prices_for, quota_reserve, quota_settle
+from billing.quota import (
+    Prices,
+    Reservation,
+    prices_for,
+    prices_of,
+    quota_reserve,
+    quota_settle,
+)
 from billing.services import budget_check, usage_record
 from llmsite.errors import to_api_error
 
@@ -56,6 +63,7 @@ class Accounting:
             max_completion_tokens=max_completion_tokens,
             model_pk=self.model_pk,
             count_request=count_request,
+            prices=prices_of(model) if model is not None else Prices(),
         )
 
     def rate_headers(self) -> dict[str, str]:

@@ -78,6 +78,14 @@ class Registry:
             threading.Thread(target=old.close, daemon=True).start()
         return engine
 
+    def ready_engine(self, model: LLMModel) -> LlamaEngine | None:
+        """The loaded engine still matching `model`, or None. No I/O: safe on the event loop."""
+        with self._lock:
+            engine = self._engines.get(model.model_id)
+        if engine is not None and engine.is_ready and _matches(engine.spec, model):
+            return engine
+        return None
+
     def get_loaded(self, model_id: str) -> LlamaEngine | None:
         with self._lock:
             engine = self._engines.get(model_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.db.models import Exists, Q
+
 from accounts.models import ApiKey, Tenant
 from inference.models import LLMModel, LLMModelQuerySet
 from llmsite.errors import ModelNotFound
@@ -12,12 +14,15 @@ def model_queryset(*, tenant: Tenant, api_key: ApiKey | None = None) -> LLMModel
 
     An empty allow-list means no restriction at that level.
     """
-    qs = LLMModel.objects.enabled()
-    if tenant.allowed_models.exists():
-        qs = qs.filter(allowed_tenants=tenant)
-    if api_key is not None and api_key.allowed_models.exists():
-        qs = qs.filter(allowed_keys=api_key)
-    return qs
+    # One query: each allow-list applies only when it has entries.
+    tenant_list = Tenant.allowed_models.through.objects.filter(tenant_id=tenant.pk)
+    qs = LLMModel.objects.enabled().select_related("price").filter(
+        Q(allowed_tenants=tenant) | ~Exists(tenant_list)
+    )
+    if api_key is not None:
+        key_list = ApiKey.allowed_models.through.objects.filter(apikey_id=api_key.pk)
+        qs = qs.filter(Q(allowed_keys=api_key) | ~Exists(key_list))
+    return qs.distinct()
 
 
 def model_list(*, tenant: Tenant, api_key: ApiKey | None = None) -> list[LLMModel]:

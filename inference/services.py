@@ -60,6 +60,9 @@ async def engine_get(*, principal: Principal, model_id: str) -> tuple[LLMModel, 
     model = await sync_to_async(model_get)(
         tenant=principal.tenant, api_key=principal.api_key, model_id=model_id
     )
+    engine = registry.ready_engine(model)
+    if engine is not None:  # the common case: no thread hops
+        return model, engine
     try:
         engine = await sync_to_async(registry.engine_for, thread_sensitive=False)(model)
         ready = await sync_to_async(engine.wait_ready, thread_sensitive=False)(
