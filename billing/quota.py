@@ -63,6 +63,7 @@ class EffectiveLimits:
     tokens_per_month: int | None = None
     max_concurrent: int | None = None
     monthly_budget: Decimal | None = None
+    soft_budget_percent: int = 80
 
     @property
     def empty(self) -> bool:
@@ -79,7 +80,10 @@ def _pick(*rows: Limits | None, name: str):
 def tenant_limits(tenant: Tenant) -> EffectiveLimits:
     billing = TenantBilling.objects.select_related("plan").filter(tenant=tenant).first()
     plan = billing.plan if billing else None
-    return EffectiveLimits(**{f: _pick(billing, plan, name=f) for f in Limits.LIMIT_FIELDS})
+    return EffectiveLimits(
+        **{f: _pick(billing, plan, name=f) for f in Limits.LIMIT_FIELDS},
+        soft_budget_percent=plan.soft_budget_percent if plan else 80,
+    )
 
 
 def key_limits(api_key: ApiKey | None) -> EffectiveLimits:
@@ -172,9 +176,16 @@ class Reservation:
     values: dict[str, int] = field(default_factory=dict)  # counter key -> value after reserve
     settled: bool = False
 
-    @property
-    def has_budget(self) -> bool:
-        return any(c.kind == "budget" for c in self.checks)
+    soft_budget_percent: int = 80
+
+    def budget_near(self) -> bool:
+        """Whether this month's spend (as counted at reservation) reached the soft share."""
+        return any(
+            c.kind == "budget"
+            and c.scope.startswith("t")
+            and self.values.get(c.key, 0) * 100 >= c.limit * self.soft_budget_percent
+            for c in self.checks
+        )
 
     def headers(self) -> dict[str, str]:
         """x-ratelimit-* for the tightest request and token-per-minute limits."""
@@ -203,6 +214,7 @@ _KIND_ERROR = {
 def _plan(
     *,
     tenant: Tenant,
+    limits_of_tenant: EffectiveLimits,
     api_key: ApiKey | None,
     request_id: str,
     tokens: int,
@@ -214,7 +226,7 @@ def _plan(
     prefix = settings.LLMSITE_QUOTA_PREFIX
     checks: list[Check] = []
     slots: list[tuple[str, int]] = []
-    scopes = [(f"t{tenant.pk}", tenant_limits(tenant))]
+    scopes = [(f"t{tenant.pk}", limits_of_tenant)]
     if api_key is not None:
         scopes.append((f"k{api_key.pk}", key_limits(api_key)))
     for scope, limits in scopes:
@@ -425,8 +437,10 @@ def quota_reserve(
     prices = prices if prices is not None else prices_for(model_pk)
     tokens = prompt_tokens + max_completion_tokens
     cost = prices.cost(prompt_tokens, max_completion_tokens)
+    limits = tenant_limits(tenant)
     checks, slots = _plan(
         tenant=tenant,
+        limits_of_tenant=limits,
         api_key=api_key,
         request_id=request_id,
         tokens=tokens,
@@ -441,6 +455,7 @@ def quota_reserve(
         estimated_tokens=tokens,
         estimated_cost_nanos=int(cost * NANOS),
         prices=prices,
+        soft_budget_percent=limits.soft_budget_percent,
     )
     if checks or slots:
         backend().reserve(reservation)

@@ -106,5 +106,6 @@ class Accounting:
             latency_ms=latency_ms,
             ttft_ms=ttft_ms,
         )
-        if self.reservation is not None and self.reservation.has_budget:
+        # The counters already hold the month's spend: look closer only near the line.
+        if self.reservation is not None and self.reservation.budget_near():
             budget_check(tenant=self.principal.tenant)

@@ -16,8 +16,10 @@ def model_queryset(*, tenant: Tenant, api_key: ApiKey | None = None) -> LLMModel
     """
     # One query: each allow-list applies only when it has entries.
     tenant_list = Tenant.allowed_models.through.objects.filter(tenant_id=tenant.pk)
-    qs = LLMModel.objects.enabled().select_related("price").filter(
-        Q(allowed_tenants=tenant) | ~Exists(tenant_list)
+    qs = (
+        LLMModel.objects.enabled()
+        .select_related("price")
+        .filter(Q(allowed_tenants=tenant) | ~Exists(tenant_list))
     )
     if api_key is not None:
         key_list = ApiKey.allowed_models.through.objects.filter(apikey_id=api_key.pk)
