@@ -92,26 +92,61 @@ class JWTTenantAuthentication(JWTAuthentication):
         if result is None:
             return None
         user, token = result
-        memberships = list(
-            Membership.objects.select_related("tenant").filter(user=user, tenant__is_active=True)
-        )
-        wanted = request.META.get("HTTP_X_TENANT", "").strip()
-        chosen = None
-        if wanted:
-            chosen = next((m for m in memberships if m.tenant.slug == wanted), None)
-            if chosen is None:
-                raise PermissionError_(f"You are not a member of tenant `{wanted}`.")
-        elif len(memberships) == 1:
-            chosen = memberships[0]
-        principal = Principal(
-            tenant=chosen.tenant if chosen else None,
-            user=user,
-            role=chosen.role if chosen else None,
+        principal = _principal_for_user(
+            user,
+            request.META.get("HTTP_X_TENANT", "").strip(),
             ip=client_ip(request),
             request_id=_request_id(request),
-            tenant_ambiguous=chosen is None and len(memberships) > 1,
         )
         return principal, token
+
+
+def principal_from_token(
+    token: str, *, tenant_slug: str = "", ip: str | None = None, request_id: str = ""
+) -> Principal:
+    """Authenticate a bare bearer token (API key or JWT) outside DRF: WebSockets.
+
+    Raises AuthenticationError (401) or PermissionError_ (403), like the REST classes.
+    """
+    from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
+
+    from llmsite.errors import AuthenticationError
+
+    token = (token or "").strip()
+    if not token:
+        raise AuthenticationError("No credential: send an API key or an access token.")
+    if token.startswith(KEY_PREFIX):
+        key = api_key_authenticate(raw=token, actor_ip=ip)
+        if key is None:
+            raise AuthenticationError(f"Incorrect API key provided: {_redact(token)}.")
+        return Principal(tenant=key.tenant, api_key=key, ip=ip, request_id=request_id)
+    jwt = JWTTenantAuthentication()
+    try:
+        user = jwt.get_user(jwt.get_validated_token(token.encode()))
+    except (InvalidToken, TokenError, exceptions.AuthenticationFailed) as exc:
+        raise AuthenticationError("Invalid or expired token.") from exc
+    return _principal_for_user(user, tenant_slug, ip=ip, request_id=request_id)
+
+
+def _principal_for_user(user, wanted: str, *, ip: str | None, request_id: str) -> Principal:
+    memberships = list(
+        Membership.objects.select_related("tenant").filter(user=user, tenant__is_active=True)
+    )
+    chosen = None
+    if wanted:
+        chosen = next((m for m in memberships if m.tenant.slug == wanted), None)
+        if chosen is None:
+            raise PermissionError_(f"You are not a member of tenant `{wanted}`.")
+    elif len(memberships) == 1:
+        chosen = memberships[0]
+    return Principal(
+        tenant=chosen.tenant if chosen else None,
+        user=user,
+        role=chosen.role if chosen else None,
+        ip=ip,
+        request_id=request_id,
+        tenant_ambiguous=chosen is None and len(memberships) > 1,
+    )
 
 
 def _redact(token: str) -> str:

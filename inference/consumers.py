@@ -1,0 +1,216 @@
+"""Chat completions over a WebSocket: `ws://HOST/v1/realtime/chat`.
+
+Protocol (JSON messages):
+- authenticate first, with `{"type": "auth", "token": "...", "tenant": "slug"?}` or
+  by offering the subprotocols `["llmsite.bearer", "<token>"]` (never in the URL);
+  a bad credential gets an error event and close code 4401;
+- `{"type": "chat.completion.create", "request_id": "...", "body": {...}}` where
+  `body` is a /v1/chat/completions body; the server answers with
+  `{"type": "chat.completion.chunk", "request_id", "chunk"}` (the SSE chunk) and
+  finally `{"type": "chat.completion.done", "request_id", "usage", "finish_reason"}`;
+- `{"type": "cancel", "request_id"}` stops that generation within a decode step;
+- errors are `{"type": "error", "request_id", "error": {...}}`;
+- `{"type": "ping"}` is answered with `{"type": "pong"}`.
+
+Several requests run at once on one socket (up to MAX_ACTIVE), multiplexed by
+request_id; closing the socket cancels all of them. Quotas and usage records are
+exactly those of REST: the same services run underneath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from accounts.authentication import principal_from_token
+from inference import services
+from inference.accounting import Accounting
+from inference.serializers import ChatCompletionRequestSerializer
+from llmsite.errors import (
+    APIError,
+    InvalidRequest,
+    PermissionError_,
+    RateLimited,
+    internal_error,
+    to_api_error,
+)
+
+SUBPROTOCOL = "llmsite.bearer"
+CLOSE_UNAUTHORIZED = 4401
+MAX_ACTIVE = 4
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        self.principal = None
+        self.tasks: dict[str, asyncio.Task] = {}
+        offered = list(self.scope.get("subprotocols") or [])
+        if SUBPROTOCOL in offered:
+            tokens = [p for p in offered if p != SUBPROTOCOL]
+            await self.accept(subprotocol=SUBPROTOCOL)
+            await self._authenticate(tokens[0] if tokens else "", self._query_tenant())
+        else:
+            await self.accept()
+
+    async def disconnect(self, code) -> None:
+        # A closed socket cancels everything still running on it; wait for the
+        # cancellations so every request's usage record is written.
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "ping":
+            await self.send_json({"type": "pong"})
+            return
+        if kind == "auth":
+            if self.principal is not None:
+                await self._error(None, InvalidRequest("Already authenticated."))
+                return
+            await self._authenticate(
+                str(content.get("token") or ""), str(content.get("tenant") or "")
+            )
+            return
+        if self.principal is None:
+            await self._reject(InvalidRequest('Authenticate first: {"type": "auth", ...}.'))
+            return
+        request_id = content.get("request_id")
+        if kind == "chat.completion.create":
+            await self._create(request_id, content.get("body"))
+        elif kind == "cancel":
+            task = self.tasks.get(request_id) if isinstance(request_id, str) else None
+            if task is not None:
+                task.cancel()
+        else:
+            await self._error(
+                request_id if isinstance(request_id, str) else None,
+                InvalidRequest(f"Unknown message type: {kind!r}.", param="type"),
+            )
+
+    # -- auth -------------------------------------------------------------------------
+    def _query_tenant(self) -> str:
+        query = self.scope.get("query_string", b"").decode()
+        for part in query.split("&"):
+            name, _, value = part.partition("=")
+            if name == "tenant":
+                return value
+        return ""
+
+    async def _authenticate(self, token: str, tenant: str) -> None:
+        client = self.scope.get("client") or [None]
+        try:
+            principal = await database_sync_to_async(principal_from_token)(
+                token, tenant_slug=tenant, ip=client[0]
+            )
+            if principal.tenant is None:
+                raise PermissionError_(
+                    'Name a tenant ("tenant" in the auth message): you belong to several.'
+                    if principal.tenant_ambiguous
+                    else "You are not a member of any tenant."
+                )
+            if not principal.has_scope("inference"):
+                raise PermissionError_("This API key lacks the `inference` scope.")
+        except APIError as exc:
+            await self._reject(exc)
+            return
+        self.principal = principal
+        await self.send_json({"type": "auth.ok", "tenant": principal.tenant.slug})
+
+    async def _reject(self, exc: APIError) -> None:
+        await self._error(None, exc)
+        await self.close(code=CLOSE_UNAUTHORIZED)
+
+    # -- requests -------------------------------------------------------------------------
+    async def _create(self, request_id, body) -> None:
+        if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+            await self._error(
+                None,
+                InvalidRequest(
+                    "request_id must be 1-128 characters of letters, digits and . _ : -",
+                    param="request_id",
+                ),
+            )
+            return
+        if request_id in self.tasks:
+            await self._error(
+                request_id,
+                InvalidRequest(f"request_id {request_id} is already running.", param="request_id"),
+            )
+            return
+        if len(self.tasks) >= MAX_ACTIVE:
+            await self._error(
+                request_id,
+                RateLimited(f"At most {MAX_ACTIVE} requests run at once on one connection."),
+            )
+            return
+        self.tasks[request_id] = asyncio.create_task(self._run(request_id, body))
+
+    async def _run(self, request_id: str, body) -> None:
+        body = body if isinstance(body, dict) else {}
+        user = body.get("user")
+        acct = Accounting(
+            principal=self.principal,
+            endpoint="chat.completions",
+            request_id=f"ws_{uuid.uuid4().hex}",
+            end_user=user[:256] if isinstance(user, str) else "",
+            model_id=str(body.get("model", ""))[:128],
+        )
+        stream = None
+        finish = None
+        cancelled = False
+        try:
+            serializer = ChatCompletionRequestSerializer(data={**body, "stream": True})
+            serializer.is_valid(raise_exception=True)
+            stream = await services.chat_completion_create(
+                principal=self.principal, data=dict(serializer.validated_data), acct=acct
+            )
+            async for chunk in stream:
+                if "error" in chunk:
+                    await self.send_json({"type": "error", "request_id": request_id, **chunk})
+                    return
+                if chunk["choices"]:
+                    finish = chunk["choices"][0].get("finish_reason") or finish
+                await self.send_json(
+                    {"type": "chat.completion.chunk", "request_id": request_id, "chunk": chunk}
+                )
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception as exc:
+            await self._error(request_id, to_api_error(exc) or internal_error())
+            if not acct.written and not acct.deferred:
+                acct.fail(exc)
+                await acct.write()
+            return
+        finally:
+            if stream is not None:
+                await stream.aclose()  # frees the engine and writes the usage record
+            self.tasks.pop(request_id, None)
+        await self._send_done(request_id, acct, "cancelled" if cancelled else finish)
+
+    async def _send_done(self, request_id: str, acct: Accounting, finish) -> None:
+        # The socket may already be gone (a disconnect cancelled this request).
+        with contextlib.suppress(Exception):
+            await self.send_json(
+                {
+                    "type": "chat.completion.done",
+                    "request_id": request_id,
+                    "usage": {
+                        "prompt_tokens": acct.prompt_tokens,
+                        "completion_tokens": acct.completion_tokens,
+                        "total_tokens": acct.prompt_tokens + acct.completion_tokens,
+                    },
+                    "finish_reason": finish,
+                }
+            )
+
+    async def _error(self, request_id: str | None, exc: APIError) -> None:
+        await self.send_json({"type": "error", "request_id": request_id, **exc.body()})
