@@ -26,6 +26,16 @@ BODY = {
 }
 
 
+@pytest.fixture(autouse=True)
+async def _close_worker_connections():
+    # The ORM calls ran in asgiref's shared worker thread; close its connection so
+    # the test database can be dropped at the end of the session.
+    yield
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
+
+
 @pytest.fixture
 def ws_key(db):
     LLMModel.objects.get_or_create(
