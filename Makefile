@@ -13,7 +13,7 @@ LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 WHEELHOUSE := $(HOME)/.cache/llmsite/wheels-avx2
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,13 @@ run: $(STAMP)
 	@echo "Serving on http://$(HOST):$(PORT)  (OpenAI base URL: http://$(HOST):$(PORT)/v1)"
 	LLMSITE_PRELOAD=1 $(BIN)/daphne -b $(HOST) -p $(PORT) llmsite.asgi:application
 
-test: $(STAMP)
+# The playground's browser test drives Debian's Chromium (Playwright's own
+# browser download cannot reach its servers here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/python manage.py prepare_model
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from llmsite import views
 
 urlpatterns = [
+    path("", views.playground, name="playground"),
     path("v1/", include("inference.urls")),
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),

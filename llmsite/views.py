@@ -6,9 +6,15 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+from django.shortcuts import render
 
 from inference.registry import registry
 from llmsite.errors import NotFound, ServiceUnavailable, error_response, internal_error
+
+
+def playground(request):
+    """The browser playground: static HTML and JS; all data goes through the API."""
+    return render(request, "playground.html")
 
 
 async def health(request):

@@ -1,0 +1,108 @@
+"""The playground in real headless Chromium against a live daphne server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests import live
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "playground.png"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv, stop = live.start(tmp_path_factory.mktemp("browser"))
+    yield srv
+    stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 900, "height": 900})
+    page = context.new_page()
+    page.goto(server.base_url + "/")
+    yield page
+    context.close()
+
+
+def use_key(page, key):
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Use key").click()
+
+
+def test_assistant_text_streams_in_then_stop_ends_it_with_usage(page, server):
+    use_key(page, server.api_key)
+    expect(page.locator("#m-status")).to_have_text("ready", timeout=30_000)
+    expect(page.get_by_label("Model")).to_have_value("gemma-3-270m")
+    page.get_by_label("Max tokens").fill("40")
+    page.get_by_label("Message").fill("Tell me a story about a lighthouse.")
+    page.get_by_role("button", name="Send").click()
+
+    assistant = page.locator("#transcript li.assistant p").last
+    samples = []
+    while page.locator("#m-status").inner_text() == "generating" and len(samples) < 2000:
+        samples.append(len(assistant.inner_text()))
+        page.wait_for_timeout(20)
+    expect(page.locator("#m-status")).to_have_text("done", timeout=60_000)
+    final = len(assistant.inner_text())
+    grew = sorted({n for n in samples if 0 < n < final})
+    # The text was seen at several intermediate lengths before it was complete.
+    assert len(grew) >= 2, samples
+    assert int(page.locator("#m-completion").inner_text()) >= 1
+    assert page.locator("#m-ttft").inner_text().endswith("ms")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    page.get_by_label("Max tokens").fill("2000")
+    page.get_by_label("Message").fill("Now write a very long poem about the sea.")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#transcript li.assistant p").last).not_to_have_text("", timeout=60_000)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#m-status")).to_have_text("stopped", timeout=30_000)
+    completion = int(page.locator("#m-completion").inner_text())
+    assert 1 <= completion < 2000
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+
+
+def test_bad_key_shows_an_error(page):
+    use_key(page, "sk-llm-000000000000_not-a-real-key")
+    alert = page.get_by_role("alert")
+    expect(alert).to_be_visible(timeout=15_000)
+    expect(alert).to_contain_text("not accepted")
+    expect(page.locator("#chat")).to_be_hidden()
+
+
+def test_unknown_model_error_is_readable(page, server):
+    use_key(page, server.api_key)
+    expect(page.locator("#m-status")).to_have_text("ready", timeout=30_000)
+    page.evaluate(
+        "() => { const o = document.createElement('option'); o.value = o.textContent = 'nope';"
+        " document.getElementById('model').appendChild(o); }"
+    )
+    page.get_by_label("Model").select_option("nope")
+    page.get_by_label("Message").fill("Hello")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("alert")).to_contain_text("Model not found", timeout=15_000)
