@@ -213,4 +213,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
 
     async def _error(self, request_id: str | None, exc: APIError) -> None:
-        await self.send_json({"type": "error", "request_id": request_id, **exc.body()})
+        event = {"type": "error", "request_id": request_id, **exc.body()}
+        retry = exc.headers.get("Retry-After")
+        if retry is not None:
+            event["retry_after"] = int(retry)  # what REST says in the Retry-After header
+        await self.send_json(event)

@@ -96,7 +96,9 @@ function onMessage(msg) {
   if (msg.type === "pong") return;
   const active = state.active;
   if (msg.type === "error") {
-    showError(describe(msg.error));
+    let text = describe(msg.error);
+    if (msg.retry_after !== undefined) text += " (retry in " + msg.retry_after + " s)";
+    showError(text);
     if (active && (!msg.request_id || msg.request_id === active.id)) finish(null, "error");
     return;
   }

@@ -51,11 +51,12 @@ class LiveServer:
         with sqlite3.connect(self._sqlite_path, timeout=20) as conn:
             return conn.execute(sql, params).fetchall()
 
-    def manage(self, *args: str) -> str:
+    def manage(self, *args: str, stdin: str = "") -> str:
         result = subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=ROOT,
             env=self.env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=300,

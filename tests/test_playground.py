@@ -87,6 +87,39 @@ def test_assistant_text_streams_in_then_stop_ends_it_with_usage(page, server):
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
 
 
+def test_sign_in_with_a_password_then_chat(page, server):
+    server.manage(
+        "create_user", "pat", "--tenant", "live", "--role", "member", stdin="Browser-pass-123\n"
+    )
+    page.get_by_label("Username").fill("pat")
+    page.get_by_label("Password").fill("Browser-pass-123")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#m-status")).to_have_text("ready", timeout=30_000)
+    expect(page.locator("#who")).to_have_text("as pat")
+    page.get_by_label("Max tokens").fill("4")
+    page.get_by_label("Message").fill("Hi")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#m-status")).to_have_text("done", timeout=60_000)
+    assert int(page.locator("#m-completion").inner_text()) >= 1
+
+
+def test_rate_limit_shows_its_retry_time(page, server):
+    prefix = server.api_key[len("sk-llm-") :].split("_")[0]
+    server.manage("set_quota", "--tenant", "live", "--key-prefix", prefix, "--tokens-per-day", "1")
+    try:
+        use_key(page, server.api_key)
+        expect(page.locator("#m-status")).to_have_text("ready", timeout=30_000)
+        page.get_by_label("Message").fill("Hello")
+        page.get_by_role("button", name="Send").click()
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("Rate limited", timeout=15_000)
+        expect(alert).to_contain_text("retry in")
+    finally:
+        server.manage(
+            "set_quota", "--tenant", "live", "--key-prefix", prefix, "--tokens-per-day", "none"
+        )
+
+
 def test_bad_key_shows_an_error(page):
     use_key(page, "sk-llm-000000000000_not-a-real-key")
     alert = page.get_by_role("alert")
