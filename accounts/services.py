@@ -204,7 +204,8 @@ def api_key_authenticate(*, raw: str, actor_ip: str | None = None) -> ApiKey | N
     if len(prefix) != _PREFIX_LEN:
         return None
     key = (
-        ApiKey.objects.select_related("tenant")
+        # The limits ride along: the quota check right after needs them.
+        ApiKey.objects.select_related("tenant", "tenant__billing__plan", "limits")
         .filter(prefix=prefix, revoked_at__isnull=True, tenant__is_active=True)
         .first()
     )

@@ -78,7 +78,10 @@ def _pick(*rows: Limits | None, name: str):
 
 
 def tenant_limits(tenant: Tenant) -> EffectiveLimits:
-    billing = TenantBilling.objects.select_related("plan").filter(tenant=tenant).first()
+    try:
+        billing = tenant.billing  # joined by authentication; one query otherwise
+    except TenantBilling.DoesNotExist:
+        billing = None
     plan = billing.plan if billing else None
     return EffectiveLimits(
         **{f: _pick(billing, plan, name=f) for f in Limits.LIMIT_FIELDS},
@@ -89,7 +92,10 @@ def tenant_limits(tenant: Tenant) -> EffectiveLimits:
 def key_limits(api_key: ApiKey | None) -> EffectiveLimits:
     if api_key is None:
         return EffectiveLimits()
-    row = KeyLimits.objects.filter(api_key=api_key).first()
+    try:
+        row = api_key.limits  # joined by authentication; one query otherwise
+    except KeyLimits.DoesNotExist:
+        row = None
     return EffectiveLimits(**{f: _pick(row, name=f) for f in Limits.LIMIT_FIELDS})
 
 
