@@ -18,7 +18,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
@@ -201,6 +201,87 @@ def _engine_failure(exc: EngineError) -> APIError:
     return internal_error()
 
 
+async def _run_to_end(choices: list[_Choice], acct: Accounting) -> None:
+    """Wait for every choice of a non-streamed request; the record is written either way."""
+    try:
+        await asyncio.gather(*(_drain(choice, acct) for choice in choices))
+    except BaseException as exc:
+        _cancel_all(choices)
+        acct.fail(exc)
+        if isinstance(exc, EngineError):
+            raise _engine_failure(exc) from exc
+        raise
+    finally:
+        await acct.write()
+
+
+@dataclass(frozen=True)
+class _ChunkShape:
+    """How one endpoint frames its stream chunks (everything else is shared)."""
+
+    object: str
+    opening: Callable[[_Choice], dict | None]  # the chunk before any token, if any
+    piece: Callable[[_Choice, str, dict | None], dict]  # a text delta
+    closing: Callable[[_Choice, str], dict]  # finish_reason
+    logprobs: Callable[[TextDelta], dict | None]
+
+
+async def _stream_choices(
+    choices: list[_Choice], acct: Accounting, meta: dict, shape: _ChunkShape, include_usage: bool
+) -> AsyncIterator[dict]:
+    try:
+        for choice in choices:
+            opening = shape.opening(choice)
+            if opening is not None:
+                yield opening
+            async for event in choice.handle:
+                if isinstance(event, TextDelta):
+                    acct.first_token()
+                    lp = shape.logprobs(event)
+                    # Counted as handed to the server: a client that leaves
+                    # pays for what it was sent, and nothing more.
+                    acct.completion_tokens += event.n_tokens
+                    if event.text or lp:
+                        yield shape.piece(choice, event.text, lp)
+                elif isinstance(event, Finished):
+                    yield shape.closing(
+                        choice, "stop" if event.finish_reason == "stop" else "length"
+                    )
+        if include_usage:
+            yield {
+                **_envelope(meta, shape.object),
+                "choices": [],
+                "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
+            }
+    except BaseException as exc:
+        acct.fail(exc)
+        if not isinstance(exc, Exception):
+            raise
+        err = _engine_failure(exc) if isinstance(exc, EngineError) else to_api_error(exc)
+        yield (err or internal_error()).body()
+    finally:
+        _cancel_all(choices)
+        await acct.write()
+
+
+def _envelope(meta: dict, obj: str) -> dict:
+    """The fields every response and chunk opens with, in OpenAI's order."""
+    return {
+        "id": meta["id"],
+        "object": obj,
+        "created": meta["created"],
+        "model": meta["model"],
+        "system_fingerprint": meta["system_fingerprint"],
+    }
+
+
+def _chunk(meta: dict, obj: str, choice: dict, include_usage: bool) -> dict:
+    body = {**_envelope(meta, obj), "choices": [choice]}
+    if include_usage:
+        body["usage"] = None
+    return body
+
+
 # -- /v1/completions --------------------------------------------------------------
 def _completion_logprobs(entries, offset: int) -> dict:
     tokens, token_logprobs, top, offsets = [], [], [], []
@@ -265,16 +346,7 @@ async def completion_create(
     echo = data.get("echo")
 
     if not data["stream"]:
-        try:
-            await asyncio.gather(*(_drain(choice, acct) for choice in choices))
-        except BaseException as exc:
-            _cancel_all(choices)
-            acct.fail(exc)
-            if isinstance(exc, EngineError):
-                raise _engine_failure(exc) from exc
-            raise
-        finally:
-            await acct.write()
+        await _run_to_end(choices, acct)
         out = []
         for choice in choices:
             prefix = prompt_texts[choice.index // n] if echo else ""
@@ -289,78 +361,26 @@ async def completion_create(
                 }
             )
         return {
-            "id": meta["id"],
-            "object": "text_completion",
-            "created": meta["created"],
-            "model": meta["model"],
-            "system_fingerprint": meta["system_fingerprint"],
+            **_envelope(meta, "text_completion"),
             "choices": out,
             "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
         }
 
-    async def stream() -> AsyncIterator[dict]:
-        include_usage = data["include_usage"]
+    include_usage = data["include_usage"]
 
-        def chunk(index: int, text: str, finish: str | None, lp=None) -> bytes:
-            body = {
-                "id": meta["id"],
-                "object": "text_completion",
-                "created": meta["created"],
-                "model": meta["model"],
-                "system_fingerprint": meta["system_fingerprint"],
-                "choices": [
-                    {"text": text, "index": index, "logprobs": lp, "finish_reason": finish}
-                ],
-            }
-            if include_usage:
-                body["usage"] = None
-            return body
+    def chunk(index: int, text: str, finish: str | None, lp=None) -> dict:
+        choice = {"text": text, "index": index, "logprobs": lp, "finish_reason": finish}
+        return _chunk(meta, "text_completion", choice, include_usage)
 
-        try:
-            for choice in choices:
-                if echo:
-                    yield chunk(choice.index, prompt_texts[choice.index // n], None)
-                async for event in choice.handle:
-                    if isinstance(event, TextDelta):
-                        acct.first_token()
-                        lp = (
-                            _completion_logprobs(event.logprobs, 0)
-                            if logprobs is not None
-                            else None
-                        )
-                        # Counted as handed to the server: a client that leaves
-                        # pays for what it was sent, and nothing more.
-                        acct.completion_tokens += event.n_tokens
-                        if event.text or lp:
-                            yield chunk(choice.index, event.text, None, lp)
-                    elif isinstance(event, Finished):
-                        finish = "stop" if event.finish_reason == "stop" else "length"
-                        yield chunk(choice.index, "", finish)
-            if include_usage:
-                yield (
-                    {
-                        "id": meta["id"],
-                        "object": "text_completion",
-                        "created": meta["created"],
-                        "model": meta["model"],
-                        "system_fingerprint": meta["system_fingerprint"],
-                        "choices": [],
-                        "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
-                    }
-                )
-        except BaseException as exc:
-            acct.fail(exc)
-            if isinstance(exc, Exception):
-                err = _engine_failure(exc) if isinstance(exc, EngineError) else to_api_error(exc)
-                yield (err or internal_error()).body()
-            else:
-                raise
-        finally:
-            _cancel_all(choices)
-            await acct.write()
-
+    shape = _ChunkShape(
+        object="text_completion",
+        opening=lambda c: chunk(c.index, prompt_texts[c.index // n], None) if echo else None,
+        piece=lambda c, text, lp: chunk(c.index, text, None, lp),
+        closing=lambda c, finish: chunk(c.index, "", finish),
+        logprobs=lambda e: _completion_logprobs(e.logprobs, 0) if logprobs is not None else None,
+    )
     acct.deferred = True  # the stream writes the record when it ends
-    return stream()
+    return _stream_choices(choices, acct, meta, shape, include_usage)
 
 
 # -- /v1/chat/completions ------------------------------------------------------------
@@ -440,22 +460,9 @@ async def chat_completion_create(
     }
 
     if not data["stream"]:
-        try:
-            await asyncio.gather(*(_drain(choice, acct) for choice in choices))
-        except BaseException as exc:
-            _cancel_all(choices)
-            acct.fail(exc)
-            if isinstance(exc, EngineError):
-                raise _engine_failure(exc) from exc
-            raise
-        finally:
-            await acct.write()
+        await _run_to_end(choices, acct)
         return {
-            "id": meta["id"],
-            "object": "chat.completion",
-            "created": meta["created"],
-            "model": meta["model"],
-            "system_fingerprint": meta["system_fingerprint"],
+            **_envelope(meta, "chat.completion"),
             "choices": [
                 {
                     "index": choice.index,
@@ -468,64 +475,23 @@ async def chat_completion_create(
             "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
         }
 
-    async def stream() -> AsyncIterator[dict]:
-        include_usage = data["include_usage"]
+    include_usage = data["include_usage"]
 
-        def chunk(index: int, delta: dict, finish: str | None, lp=None) -> bytes:
-            body = {
-                "id": meta["id"],
-                "object": "chat.completion.chunk",
-                "created": meta["created"],
-                "model": meta["model"],
-                "system_fingerprint": meta["system_fingerprint"],
-                "choices": [
-                    {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
-                ],
-            }
-            if include_usage:
-                body["usage"] = None
-            return body
+    def chunk(index: int, delta: dict, finish: str | None, lp=None) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        return _chunk(meta, "chat.completion.chunk", choice, include_usage)
 
-        try:
-            for choice in choices:
-                yield chunk(
-                    choice.index, {"role": "assistant", "content": "", "refusal": None}, None
-                )
-                async for event in choice.handle:
-                    if isinstance(event, TextDelta):
-                        acct.first_token()
-                        lp = _chat_logprobs(event.logprobs) if logprobs is not None else None
-                        acct.completion_tokens += event.n_tokens
-                        if event.text or lp:
-                            yield chunk(choice.index, {"content": event.text}, None, lp)
-                    elif isinstance(event, Finished):
-                        finish = "stop" if event.finish_reason == "stop" else "length"
-                        yield chunk(choice.index, {}, finish)
-            if include_usage:
-                yield (
-                    {
-                        "id": meta["id"],
-                        "object": "chat.completion.chunk",
-                        "created": meta["created"],
-                        "model": meta["model"],
-                        "system_fingerprint": meta["system_fingerprint"],
-                        "choices": [],
-                        "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
-                    }
-                )
-        except BaseException as exc:
-            acct.fail(exc)
-            if isinstance(exc, Exception):
-                err = _engine_failure(exc) if isinstance(exc, EngineError) else to_api_error(exc)
-                yield (err or internal_error()).body()
-            else:
-                raise
-        finally:
-            _cancel_all(choices)
-            await acct.write()
-
+    shape = _ChunkShape(
+        object="chat.completion.chunk",
+        opening=lambda c: chunk(
+            c.index, {"role": "assistant", "content": "", "refusal": None}, None
+        ),
+        piece=lambda c, text, lp: chunk(c.index, {"content": text}, None, lp),
+        closing=lambda c, finish: chunk(c.index, {}, finish),
+        logprobs=lambda e: _chat_logprobs(e.logprobs) if logprobs is not None else None,
+    )
     acct.deferred = True  # the stream writes the record when it ends
-    return stream()
+    return _stream_choices(choices, acct, meta, shape, include_usage)
 
 
 def _tokenize_chat(engine: LlamaEngine, chat_format: str, messages: list[dict]) -> list[int]:
