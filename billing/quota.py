@@ -281,7 +281,17 @@ def _refusal(check: Check | None, slot_limit: int | None, current: int) -> RateL
             f"requested {check.increment}."
         )
     cls = QuotaExceeded if code == "insufficient_quota" else RateLimited
-    return cls(message, headers={"Retry-After": str(check.reset)})
+    headers = {"Retry-After": str(check.reset)}
+    if check.kind in ("requests", "tokens"):
+        # The same x-ratelimit-* a successful response carries, for the limit hit.
+        headers.update(
+            {
+                f"x-ratelimit-limit-{check.kind}": str(check.limit),
+                f"x-ratelimit-remaining-{check.kind}": str(max(0, check.limit - current)),
+                f"x-ratelimit-reset-{check.kind}": reset_text(check.reset),
+            }
+        )
+    return cls(message, headers=headers)
 
 
 # -- backends ------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ from django.utils import timezone
 from accounts.models import ApiKey, Tenant
 from billing.models import (
     BudgetAlert,
+    ConcurrencyLease,
     DailyUsage,
     KeyLimits,
     Limits,
     ModelPrice,
     Plan,
+    QuotaCounter,
     Statement,
     StatementLine,
     TenantBilling,
@@ -189,8 +191,12 @@ def statement_close(*, tenant: Tenant, month: date) -> Statement | None:
 
 def usage_prune(*, older_than_days: int, now: datetime | None = None) -> int:
     """Delete raw usage records older than N days; the daily roll-ups stay."""
-    cutoff = (now or timezone.now()) - timedelta(days=older_than_days)
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=older_than_days)
     deleted, _ = UsageRecord.objects.filter(created_at__lt=cutoff).delete()
+    # The database quota path's counters of past windows are dead weight too.
+    QuotaCounter.objects.filter(expires_at__lt=now).delete()
+    ConcurrencyLease.objects.filter(expires_at__lt=now).delete()
     return deleted
 
 

@@ -38,6 +38,8 @@ def test_rpm_limit_refuses_with_429_retry_after_and_headers(backend, client, ten
     assert client.get("/v1/models")["x-ratelimit-remaining-requests"] == "0"
     refused = client.get("/v1/models")
     assert refused.status_code == 429
+    assert refused["x-ratelimit-limit-requests"] == "2"
+    assert refused["x-ratelimit-remaining-requests"] == "0"
     err = refused.json()["error"]
     assert err["code"] == "rate_limit_exceeded" and err["type"] == "requests"
     assert 1 <= int(refused["Retry-After"]) <= 60

@@ -115,6 +115,18 @@ def test_close_billing_period_is_idempotent_with_a_line_per_model(
     assert first["requests"] == 2
 
 
+def test_pruning_drops_dead_quota_counters(client, tenant, settings):
+    from billing.models import QuotaCounter
+
+    settings.LLMSITE_QUOTA_BACKEND = "db"
+    call_command("set_quota", "--tenant", "acme", "--rpm", "100", stdout=StringIO())
+    models_call(client)
+    assert QuotaCounter.objects.count() >= 1
+    later = datetime.now(UTC) + timedelta(days=3)
+    usage_prune(older_than_days=30, now=later)
+    assert QuotaCounter.objects.count() == 0
+
+
 def test_pruning_raw_records_keeps_the_rollups(client, tenant, gemma):
     old = datetime.now(UTC) - timedelta(days=40)
     with time_machine.travel(old, tick=False):
