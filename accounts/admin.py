@@ -25,6 +25,7 @@ from accounts.services import (
     tenant_models_set,
 )
 from inference.selectors import model_queryset
+from llmsite.admin import ReadOnlyAdmin
 from llmsite.errors import APIError
 
 # New raw keys travel to the browser in a signed messages cookie; too many of
@@ -342,7 +343,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 # -- audit trail ---------------------------------------------------------------------
 @admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
+class AuditLogAdmin(ReadOnlyAdmin):
     """Read-only: the trail is append-only, for staff too."""
 
     list_display = [
@@ -366,12 +367,3 @@ class AuditLogAdmin(admin.ModelAdmin):
     @admin.display(description="target", ordering="target_repr")
     def target_display(self, row: AuditLog) -> str:
         return row.target_repr
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

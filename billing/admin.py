@@ -11,6 +11,7 @@ from billing.models import (
     TenantBilling,
     UsageRecord,
 )
+from llmsite.admin import ReadOnlyAdmin
 
 LIMIT_COLUMNS = [
     "rpm",
@@ -20,19 +21,6 @@ LIMIT_COLUMNS = [
     "max_concurrent",
     "monthly_budget",
 ]
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records of what happened: operators read them, nobody edits them here."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Plan)

@@ -20,7 +20,7 @@ from django.db import transaction
 from accounts.services import SYSTEM, Actor, audit_record
 from inference.engine import LlamaEngine, ModelLoadError, check_gguf
 from inference.models import BUNDLED_PREFIX, LLMModel
-from inference.registry import registry
+from inference.registry import bundled_package, registry
 from llmsite.errors import InvalidRequest
 
 
@@ -37,13 +37,6 @@ class ModelState:
         return f"failed: {self.error}" if self.state == "failed" else self.state
 
 
-def _engine(model_id: str) -> LlamaEngine | None:
-    # The registry only hands out ready engines (get_loaded); the admin also
-    # needs to see one that is still loading or has failed.
-    with registry._lock:
-        return registry._engines.get(model_id)
-
-
 def _state_of(engine: LlamaEngine | None) -> ModelState:
     if engine is None:
         return ModelState("unloaded")
@@ -55,23 +48,18 @@ def _state_of(engine: LlamaEngine | None) -> ModelState:
 
 
 def model_state(*, model: LLMModel) -> ModelState:
-    return _state_of(_engine(model.model_id))
-
-
-def _bundled_package(path: str) -> str:
-    # The same name inference.registry.resolve_path imports.
-    return path[len(BUNDLED_PREFIX) :].strip().replace("-", "_")
+    return _state_of(registry.get(model.model_id))
 
 
 def model_file_path(*, model: LLMModel) -> Path | None:
     """The model's GGUF file, without assembling (and checksumming) a bundled one."""
-    engine = _engine(model.model_id)
+    engine = registry.get(model.model_id)
     if engine is not None:
         return engine.spec.path
     if not model.path.startswith(BUNDLED_PREFIX):
         return Path(model.path).expanduser()
     try:
-        module = importlib.import_module(_bundled_package(model.path))
+        module = importlib.import_module(bundled_package(model.path))
     except (ImportError, ValueError):
         return None
     return Path(settings.MODELS_DIR) / module.MODEL_NAME
@@ -95,7 +83,7 @@ def model_path_check(*, path: str) -> None:
     first load.
     """
     if path.startswith(BUNDLED_PREFIX):
-        package = _bundled_package(path)
+        package = bundled_package(path)
         try:
             found = bool(package) and importlib.util.find_spec(package) is not None
         except (ImportError, ValueError):
@@ -165,7 +153,7 @@ def model_load(*, model: LLMModel, actor: Actor = SYSTEM, wait: float = 0.0) -> 
     stood then.
     """
     _require_enabled(model)
-    before = _engine(model.model_id)
+    before = registry.get(model.model_id)
     try:
         engine = registry.engine_for(model)
     except ModelLoadError as exc:  # a bundled package that is missing or corrupt

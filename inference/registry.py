@@ -22,11 +22,16 @@ logger = logging.getLogger("llmsite.registry")
 _bundled_lock = threading.Lock()
 
 
+def bundled_package(path: str) -> str:
+    """The module name behind a `bundled:<package>` path."""
+    return path[len(BUNDLED_PREFIX) :].strip().replace("-", "_")
+
+
 def resolve_path(path: str) -> Path:
     """The GGUF file for a model row; `bundled:<package>` is assembled into the data dir."""
     if not path.startswith(BUNDLED_PREFIX):
         return Path(path).expanduser()
-    package = path[len(BUNDLED_PREFIX) :].strip().replace("-", "_")
+    package = bundled_package(path)
     try:
         module = importlib.import_module(package)
     except ImportError as exc:
@@ -85,6 +90,11 @@ class Registry:
         if engine is not None and engine.is_ready and _matches(engine.spec, model):
             return engine
         return None
+
+    def get(self, model_id: str) -> LlamaEngine | None:
+        """The model's engine in whatever state it is (loading, failed, ready), or None."""
+        with self._lock:
+            return self._engines.get(model_id)
 
     def get_loaded(self, model_id: str) -> LlamaEngine | None:
         with self._lock:
