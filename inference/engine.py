@@ -51,6 +51,7 @@ class ModelSpec:
     n_threads: int = 1
     n_batch: int = 512
     embeddings: bool = True
+    n_parallel: int = 8
 
 
 @dataclass(frozen=True)

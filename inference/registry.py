@@ -53,6 +53,7 @@ def spec_for(model: LLMModel) -> ModelSpec:
         n_threads=model.n_threads or settings.LLMSITE_N_THREADS,
         n_batch=min(model.n_batch, model.n_ctx),
         embeddings=model.embeddings,
+        n_parallel=model.n_parallel,
     )
 
 
@@ -124,6 +125,7 @@ def _matches(spec: ModelSpec, model: LLMModel) -> bool:
         and spec.n_batch == min(model.n_batch, model.n_ctx)
         and spec.n_threads == (model.n_threads or settings.LLMSITE_N_THREADS)
         and spec.embeddings == model.embeddings
+        and spec.n_parallel == model.n_parallel
     )
 
 
