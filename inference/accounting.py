@@ -40,6 +40,8 @@ class Accounting:
     # Set when a stream took over: its `finally` writes the record, not the view.
     deferred: bool = False
     written: bool = False
+    # Response headers the service decided (the router's x-llmsite-model/-route).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def first_token(self) -> None:
         if self.first_token_at is None:

@@ -110,6 +110,8 @@ class InferenceView(AsyncAPIView):
             await acct.write()
         for name, value in acct.rate_headers().items():
             response[name] = value
+        for name, value in acct.headers.items():
+            response[name] = value
         return response
 
 

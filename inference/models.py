@@ -26,6 +26,8 @@ STRATEGIES = (
 
 def default_capabilities() -> list[str]:
     return ["chat", "completion", "json"]
+
+
 model_id_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,127}$",
     "Model ids use letters, digits and . _ : / - (at most 128 characters).",
@@ -65,17 +67,20 @@ class LLMModel(models.Model):
     # -- routing ------------------------------------------------------------
     backend = models.CharField(
         max_length=16,
-        choices=[(BACKEND_LLAMA_CPP, "llama.cpp (local GGUF)"), (BACKEND_OPENAI, "OpenAI-compatible")],
+        choices=[
+            (BACKEND_LLAMA_CPP, "llama.cpp (local GGUF)"),
+            (BACKEND_OPENAI, "OpenAI-compatible"),
+        ],
         default=BACKEND_LLAMA_CPP,
     )
-    base_url = models.URLField(
-        blank=True, help_text="Remote backends: the server's /v1 base URL."
-    )
+    base_url = models.URLField(blank=True, help_text="Remote backends: the server's /v1 base URL.")
     remote_api_key = models.CharField(
         max_length=256, blank=True, help_text="Remote backends: the Bearer key sent upstream."
     )
     remote_model = models.CharField(
-        max_length=128, blank=True, help_text="Remote backends: the model name upstream (default: model id)."
+        max_length=128,
+        blank=True,
+        help_text="Remote backends: the model name upstream (default: model id).",
     )
     quality = models.FloatField(
         default=0.5, validators=[MinValueValidator(0.0)], help_text="0..1, higher is better."

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -20,6 +21,10 @@ from inference.models import BUNDLED_PREFIX, LLMModel
 logger = logging.getLogger("llmsite.registry")
 
 _bundled_lock = threading.Lock()
+
+
+class MemoryBudgetExceeded(RuntimeError):
+    """Loading a model would pass LLMSITE_MEMORY_BUDGET_MB and nothing idle can make room."""
 
 
 def bundled_package(path: str) -> str:
@@ -58,9 +63,21 @@ def spec_for(model: LLMModel) -> ModelSpec:
 
 
 class Registry:
+    """Engines by model id, with when each was last used and how long it may idle.
+
+    With LLMSITE_MEMORY_BUDGET_MB set, starting an engine first unloads the
+    least recently used idle engines (nothing queued or running) until the new
+    model's GGUF fits; if busy engines fill the budget, the load is refused.
+    A reaper thread unloads engines idle for longer than their model's
+    `idle_unload_seconds`.
+    """
+
     def __init__(self) -> None:
         self._engines: dict[str, LlamaEngine] = {}
+        self._last_used: dict[str, float] = {}
+        self._idle_limit: dict[str, int | None] = {}
         self._lock = threading.Lock()
+        self._reaper: threading.Thread | None = None
 
     def engine_for(self, model: LLMModel) -> LlamaEngine:
         """The engine for `model`, started (loading in the background) if needed.
@@ -71,23 +88,62 @@ class Registry:
         with self._lock:
             engine = self._engines.get(model.model_id)
             if engine is not None and engine.load_error is None and _matches(engine.spec, model):
+                self._touch(model)
                 return engine
         spec = spec_for(model)
         with self._lock:
             engine = self._engines.get(model.model_id)
             if engine is not None and engine.spec == spec and engine.load_error is None:
+                self._touch(model)
                 return engine
+            evicted = self._make_room(model.model_id, _file_size(spec.path))
             old = engine
             engine = LlamaEngine(spec)
             self._engines[model.model_id] = engine
-        if old is not None:
-            threading.Thread(target=old.close, daemon=True).start()
+            self._touch(model)
+        for victim in [old, *evicted]:
+            if victim is not None:
+                threading.Thread(target=victim.close, daemon=True).start()
+        self._start_reaper()
         return engine
+
+    def _touch(self, model: LLMModel) -> None:
+        self._last_used[model.model_id] = time.monotonic()
+        self._idle_limit[model.model_id] = model.idle_unload_seconds
+
+    def _make_room(self, model_id: str, needed: int) -> list[LlamaEngine]:
+        """Pop LRU idle engines until `needed` bytes fit the budget. Holds the lock."""
+        budget = settings.LLMSITE_MEMORY_BUDGET_MB * 1024 * 1024
+        if not budget:
+            return []
+        others = {mid: e for mid, e in self._engines.items() if mid != model_id}
+        used = sum(_file_size(e.spec.path) for e in others.values())
+        evicted = []
+        for mid in sorted(others, key=lambda m: self._last_used.get(m, 0.0)):
+            if used + needed <= budget:
+                break
+            engine = others[mid]
+            if engine.queue_depth or engine.in_flight:
+                continue
+            used -= _file_size(engine.spec.path)
+            evicted.append(self._engines.pop(mid))
+            logger.info("unloading %s to make room for %s (memory budget)", mid, model_id)
+        if used + needed > budget:
+            # Put back what was popped: refusing must not leave models unloaded.
+            for engine in evicted:
+                self._engines[engine.spec.model_id] = engine
+            raise MemoryBudgetExceeded(
+                f"it needs {needed // 2**20} MiB and busy models hold {used // 2**20} of the "
+                f"{settings.LLMSITE_MEMORY_BUDGET_MB} MiB budget"
+            )
+        return evicted
 
     def ready_engine(self, model: LLMModel) -> LlamaEngine | None:
         """The loaded engine still matching `model`, or None. No I/O: safe on the event loop."""
         with self._lock:
             engine = self._engines.get(model.model_id)
+            if engine is not None:
+                self._touch(model)
         if engine is not None and engine.is_ready and _matches(engine.spec, model):
             return engine
         return None
@@ -113,6 +169,54 @@ class Registry:
     def loaded_ids(self) -> list[str]:
         with self._lock:
             return [mid for mid, engine in self._engines.items() if engine.is_ready]
+
+    def idle_seconds(self, model_id: str) -> float | None:
+        with self._lock:
+            last = self._last_used.get(model_id)
+        return None if last is None else time.monotonic() - last
+
+    def reap_idle(self, now: float | None = None) -> list[str]:
+        """Unload engines idle past their model's limit; returns the model ids unloaded."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [
+                mid
+                for mid, engine in self._engines.items()
+                if self._idle_limit.get(mid)
+                and now - self._last_used.get(mid, now) > self._idle_limit[mid]
+                and not engine.queue_depth
+                and not engine.in_flight
+            ]
+            engines = [self._engines.pop(mid) for mid in idle]
+        for mid, engine in zip(idle, engines, strict=True):
+            logger.info("unloading %s: idle for longer than its limit", mid)
+            engine.close()
+        return idle
+
+    def _start_reaper(self) -> None:
+        with self._lock:
+            if self._reaper is not None:
+                return
+            self._reaper = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
+        self._reaper.start()
+
+    def _reap_forever(self) -> None:
+        while True:
+            time.sleep(REAP_INTERVAL)
+            try:
+                self.reap_idle()
+            except Exception:
+                logger.exception("idle reaper failed")
+
+
+REAP_INTERVAL = 5.0
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _matches(spec: ModelSpec, model: LLMModel) -> bool:

@@ -9,20 +9,24 @@ logger = logging.getLogger("llmsite.startup")
 
 
 def _load() -> None:
-    from inference.models import LLMModel
+    from django.db.models import Q
+
+    from inference.models import BACKEND_LLAMA_CPP, LLMModel
     from inference.registry import registry
 
-    model = LLMModel.objects.enabled().filter(model_id=settings.LLMSITE_DEFAULT_MODEL).first()
-    if model is None:
+    wanted = Q(load_on_start=True) | Q(model_id=settings.LLMSITE_DEFAULT_MODEL)
+    models = list(LLMModel.objects.enabled().filter(wanted, backend=BACKEND_LLAMA_CPP))
+    if not any(m.model_id == settings.LLMSITE_DEFAULT_MODEL for m in models):
         logger.warning("default model %s is not registered", settings.LLMSITE_DEFAULT_MODEL)
-        return
-    try:
-        registry.engine_for(model)
-    except Exception:
-        logger.exception("preloading %s failed", model.model_id)
+    for model in models:
+        try:
+            registry.engine_for(model)
+        except Exception:
+            logger.exception("preloading %s failed", model.model_id)
 
 
 def preload_default_model() -> None:
-    """With LLMSITE_PRELOAD=1, start loading the default model without blocking start-up."""
+    """With LLMSITE_PRELOAD=1 (what `make run` sets), start loading the default
+    model and the models marked `load_on_start`, without blocking start-up."""
     if settings.LLMSITE_PRELOAD:
         threading.Thread(target=_load, name="preload", daemon=True).start()

@@ -102,6 +102,22 @@ class ModelUnavailable(ServiceUnavailable):
     code = "model_not_ready"
 
 
+class BackendUnavailable(ServiceUnavailable):
+    """A model's backend failed (refused, timed out, errored); the router may fall back."""
+
+    code = "backend_unavailable"
+
+
+class UpstreamRejected(APIError):
+    """A remote backend refused the request itself (its 400): relayed as it said it."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, status: int, param=None, code=None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status
+
+
 def error_body(
     message: str, *, type: str, param: str | None = None, code: str | None = None
 ) -> dict:

@@ -8,7 +8,7 @@ Variables (all optional):
   DATABASE_URL            postgresql://user:pass@host:5432/db or sqlite:////path
   REDIS_URL               redis://host:6379/0 switches cache and channel layer to Redis
   LLMSITE_DEFAULT_MODEL   model id served when none is loaded explicitly (gemma-3-270m)
-  LLMSITE_PRELOAD         1 loads the default model when the server starts (0)
+  LLMSITE_PRELOAD         1 loads the default model and `load_on_start` models at start (0)
   LLMSITE_N_THREADS       llama.cpp threads for models that do not set their own (cores)
   LLMSITE_MAX_BODY_BYTES  largest accepted request body (4 MiB)
   LLMSITE_LOAD_TIMEOUT    seconds a request waits for its model to load before a 503 (30)
@@ -17,6 +17,14 @@ Variables (all optional):
   LLMSITE_JWT_REFRESH_DAYS    refresh-token lifetime (1)
   LLMSITE_LOGIN_RATE      login attempts allowed per IP and per username (10/m)
   LLMSITE_LOG_LEVEL       INFO
+  LLMSITE_ROUTER_STRATEGY strategy behind `"model": "auto"` (balanced)
+  LLMSITE_ROUTER_FAILURES failures in a row before a backend is cooled down (3)
+  LLMSITE_ROUTER_COOLDOWN seconds a failing backend is passed over (30)
+  LLMSITE_ROUTER_TIMEOUT  seconds to the first token before an alias falls back (60)
+  LLMSITE_REMOTE_TIMEOUT  seconds a remote backend may stay silent mid-response (120)
+  LLMSITE_REMOTE_CONNECT_TIMEOUT  seconds to connect to a remote backend (5)
+  LLMSITE_MEMORY_BUDGET_MB  MiB of GGUF kept loaded; LRU idle models make room (0: no cap)
+  LLMSITE_BATCH_MAX       requests in one /v1/batch call (32)
 """
 
 from __future__ import annotations
@@ -229,6 +237,25 @@ LLMSITE_QUOTA_PREFIX = env_str("LLMSITE_QUOTA_PREFIX", "llmsite:q")
 # Raw usage records older than this are pruned by `manage.py prune_usage` (0: keep all).
 LLMSITE_USAGE_RETENTION_DAYS = env_int("LLMSITE_USAGE_RETENTION_DAYS", 0, minimum=0) or None
 MODELS_DIR = DATA_DIR / "models"
+
+LLMSITE_ROUTER_STRATEGY = env_str("LLMSITE_ROUTER_STRATEGY", "balanced")
+if LLMSITE_ROUTER_STRATEGY not in {
+    "balanced",
+    "speed-priority",
+    "quality-first",
+    "cost-optimized",
+    "round-robin",
+    "least-loaded",
+    "random",
+}:
+    raise ConfigError(f"LLMSITE_ROUTER_STRATEGY: unknown strategy {LLMSITE_ROUTER_STRATEGY!r}")
+LLMSITE_ROUTER_FAILURES = env_int("LLMSITE_ROUTER_FAILURES", 3, minimum=1)
+LLMSITE_ROUTER_COOLDOWN = env_int("LLMSITE_ROUTER_COOLDOWN", 30, minimum=0)
+LLMSITE_ROUTER_TIMEOUT = env_int("LLMSITE_ROUTER_TIMEOUT", 60, minimum=1)
+LLMSITE_REMOTE_TIMEOUT = env_int("LLMSITE_REMOTE_TIMEOUT", 120, minimum=1)
+LLMSITE_REMOTE_CONNECT_TIMEOUT = env_int("LLMSITE_REMOTE_CONNECT_TIMEOUT", 5, minimum=1)
+LLMSITE_MEMORY_BUDGET_MB = env_int("LLMSITE_MEMORY_BUDGET_MB", 0, minimum=0)
+LLMSITE_BATCH_MAX = env_int("LLMSITE_BATCH_MAX", 32, minimum=1)
 
 LOGGING = {
     "version": 1,
