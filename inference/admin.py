@@ -8,8 +8,9 @@ from django.template.defaultfilters import filesizeformat
 
 from accounts.admin import request_actor
 from inference.engine import ModelLoadError
-from inference.models import LLMModel
+from inference.models import CAPABILITIES, AliasCandidate, LLMModel, RouterAlias
 from inference.operations import (
+    alias_save,
     model_delete,
     model_file_size,
     model_load,
@@ -26,27 +27,70 @@ LOAD_WAIT_SECONDS = 10.0
 
 
 class LLMModelForm(forms.ModelForm):
+    base_url = forms.URLField(
+        required=False,
+        assume_scheme="http",
+        help_text="Remote backends: the server's /v1 base URL.",
+    )
+    # Write-only: the upstream key is never rendered back into the page.
+    remote_api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Remote backends: the Bearer key sent upstream (empty keeps the current one).",
+    )
+
     class Meta:
         model = LLMModel
         fields = [
             "model_id",
+            "backend",
             "path",
+            "base_url",
+            "remote_api_key",
+            "remote_model",
             "n_ctx",
             "n_threads",
             "n_batch",
+            "n_parallel",
             "chat_format",
             "embeddings",
+            "capabilities",
+            "tags",
+            "quality",
+            "cost_per_million",
+            "weight",
+            "load_on_start",
+            "idle_unload_seconds",
             "enabled",
             "owned_by",
         ]
 
-    def clean_path(self):
-        path = self.cleaned_data["path"].strip()
+    def clean_remote_api_key(self):
+        value = self.cleaned_data.get("remote_api_key") or ""
+        return value or (self.instance.remote_api_key if self.instance.pk else "")
+
+    def clean_capabilities(self):
+        value = self.cleaned_data.get("capabilities") or []
+        if not isinstance(value, list) or any(c not in CAPABILITIES for c in value):
+            raise forms.ValidationError(f"A list of: {', '.join(CAPABILITIES)}.")
+        return value
+
+    def clean(self):
+        data = super().clean()
+        if data.get("backend") == "openai":
+            if not data.get("base_url"):
+                self.add_error("base_url", "A remote backend needs its base URL.")
+            return data
+        path = (data.get("path") or "").strip()
+        if not path:
+            self.add_error("path", "A local model needs a GGUF path.")
+            return data
         try:
             model_path_check(path=path)
         except ModelLoadError as exc:
-            raise forms.ValidationError(str(exc)) from exc
-        return path
+            self.add_error("path", str(exc))
+        data["path"] = path
+        return data
 
 
 @admin.register(LLMModel)
@@ -54,15 +98,17 @@ class LLMModelAdmin(admin.ModelAdmin):
     form = LLMModelForm
     list_display = [
         "model_id",
+        "backend",
         "path",
         "n_ctx",
-        "chat_format",
+        "quality",
+        "cost_per_million",
         "embeddings",
         "enabled",
         "loaded_state",
         "memory",
     ]
-    list_filter = ["enabled", "chat_format"]
+    list_filter = ["enabled", "backend", "chat_format"]
     search_fields = ["model_id", "path"]
     actions = ["load_selected", "unload_selected", "reload_selected"]
 
@@ -136,3 +182,29 @@ class LLMModelAdmin(admin.ModelAdmin):
                 self.message_user(request, exc.message, messages.ERROR)
                 continue
             self._report(request, model, state)
+
+
+class AliasCandidateInline(admin.TabularInline):
+    model = AliasCandidate
+    extra = 1
+    fields = ["position", "model"]
+    ordering = ["position"]
+
+
+@admin.register(RouterAlias)
+class RouterAliasAdmin(admin.ModelAdmin):
+    """Router aliases: a strategy over candidate models; `position` is the fallback order."""
+
+    list_display = ["name", "strategy", "candidate_list", "enabled"]
+    list_filter = ["strategy", "enabled"]
+    search_fields = ["name"]
+    inlines = [AliasCandidateInline]
+
+    @admin.display(description="candidates (fallback order)")
+    def candidate_list(self, alias: RouterAlias) -> str:
+        return ", ".join(c.model.model_id for c in alias.candidates.select_related("model"))
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        # Audited once the candidates are saved, so the row lists them.
+        alias_save(alias=form.instance, created=not change, actor=request_actor(request))

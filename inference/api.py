@@ -12,7 +12,7 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from accounts.authentication import CanInfer
-from inference import selectors, services
+from inference import router, selectors, services
 from inference.accounting import Accounting
 from inference.serializers import (
     ChatCompletionRequestSerializer,
@@ -20,6 +20,7 @@ from inference.serializers import (
     EmbeddingRequestSerializer,
 )
 from llmsite.drf import AsyncAPIView
+from llmsite.errors import ModelNotFound
 
 ERRORS = {
     400: OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid request (OpenAI error object)"),
@@ -37,6 +38,31 @@ def _model_object(model) -> dict:
         "created": int(model.created_at.timestamp()),
         "owned_by": model.owned_by,
     }
+
+
+def _alias_object(alias) -> dict:
+    return {
+        "id": alias.name,
+        "object": "model",
+        "created": int(alias.created_at.timestamp()),
+        "owned_by": "llmsite-router",
+    }
+
+
+def _model_and_alias_list(*, tenant, api_key) -> list[dict]:
+    models = selectors.model_list(tenant=tenant, api_key=api_key)
+    aliases = router.alias_list(tenant=tenant, api_key=api_key)
+    return [_model_object(m) for m in models] + [_alias_object(a) for a in aliases]
+
+
+def _model_or_alias(*, tenant, api_key, model_id: str) -> dict:
+    try:
+        return _model_object(selectors.model_get(tenant=tenant, api_key=api_key, model_id=model_id))
+    except ModelNotFound:
+        for alias in router.alias_list(tenant=tenant, api_key=api_key):
+            if alias.name == model_id:
+                return _alias_object(alias)
+        raise
 
 
 def _validated(serializer_class, request) -> dict:
@@ -143,10 +169,10 @@ class ModelListView(InferenceView):
     async def get(self, request):
         acct = self.start_accounting(request)
         await acct.reserve(model=None, max_completion_tokens=0)
-        models = await sync_to_async(selectors.model_list)(
+        data = await sync_to_async(_model_and_alias_list)(
             tenant=request.user.tenant, api_key=request.user.api_key
         )
-        return Response({"object": "list", "data": [_model_object(m) for m in models]})
+        return Response({"object": "list", "data": data})
 
 
 class ModelDetailView(InferenceView):
@@ -161,10 +187,10 @@ class ModelDetailView(InferenceView):
         acct = self.start_accounting(request)
         acct.model_id = model_id[:128]
         await acct.reserve(model=None, max_completion_tokens=0)
-        model = await sync_to_async(selectors.model_get)(
+        body = await sync_to_async(_model_or_alias)(
             tenant=request.user.tenant, api_key=request.user.api_key, model_id=model_id
         )
-        return Response(_model_object(model))
+        return Response(body)
 
 
 class CompletionView(InferenceView):

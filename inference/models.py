@@ -45,6 +45,7 @@ class LLMModel(models.Model):
     model_id = models.CharField(max_length=128, unique=True, validators=[model_id_validator])
     path = models.CharField(
         max_length=1024,
+        blank=True,
         help_text="Path to the GGUF file, or 'bundled:<package>' for a model shipped as a package.",
     )
     n_ctx = models.PositiveIntegerField(default=2048, validators=[MinValueValidator(16)])

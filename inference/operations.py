@@ -19,8 +19,8 @@ from django.db import transaction
 
 from accounts.services import SYSTEM, Actor, audit_record
 from inference.engine import LlamaEngine, ModelLoadError, check_gguf
-from inference.models import BUNDLED_PREFIX, LLMModel
-from inference.registry import bundled_package, registry
+from inference.models import BUNDLED_PREFIX, LLMModel, RouterAlias
+from inference.registry import MemoryBudgetExceeded, bundled_package, registry
 from llmsite.errors import InvalidRequest
 
 
@@ -138,8 +138,40 @@ def model_delete(*, model: LLMModel, actor: Actor = SYSTEM) -> None:
     model.delete()
 
 
+@transaction.atomic
+def alias_save(
+    *,
+    alias: RouterAlias,
+    models: list[LLMModel] | None = None,
+    created: bool,
+    actor: Actor = SYSTEM,
+) -> RouterAlias:
+    """Save a router alias; `models`, when given, become its candidates in fallback order."""
+    alias.save()
+    if models is not None:
+        alias.candidates.all().delete()
+        for position, model in enumerate(models):
+            alias.candidates.create(model=model, position=position)
+    audit_record(
+        actor=actor,
+        action="alias.added" if created else "alias.changed",
+        target=alias,
+        data={
+            "strategy": alias.strategy,
+            "enabled": alias.enabled,
+            "candidates": [c.model.model_id for c in alias.candidates.select_related("model")],
+        },
+    )
+    return alias
+
+
 # -- engines --------------------------------------------------------------------------
 def _require_enabled(model: LLMModel) -> None:
+    if model.is_remote:
+        raise InvalidRequest(
+            f"{model.model_id} is served by a remote backend; there is nothing to load here.",
+            code="model_remote",
+        )
     if not model.enabled:
         raise InvalidRequest(
             f"{model.model_id} is disabled; enable it before loading it.", code="model_disabled"
@@ -156,7 +188,8 @@ def model_load(*, model: LLMModel, actor: Actor = SYSTEM, wait: float = 0.0) -> 
     before = registry.get(model.model_id)
     try:
         engine = registry.engine_for(model)
-    except ModelLoadError as exc:  # a bundled package that is missing or corrupt
+    except (ModelLoadError, MemoryBudgetExceeded) as exc:
+        # A bundled package missing or corrupt, or no room left in the budget.
         state = ModelState("failed", error=str(exc))
     else:
         if engine is before:

@@ -20,7 +20,7 @@ from accounts.services import (
     hash_key,
     member_add,
 )
-from inference.models import LLMModel
+from inference.models import LLMModel, RouterAlias
 from inference.operations import model_file_path
 from inference.registry import registry
 
@@ -70,6 +70,10 @@ def _put(form, data: dict) -> None:
         if isinstance(field, forms.BooleanField):
             if value:
                 data[key] = "on"
+        elif isinstance(field, forms.JSONField):
+            data[key] = value  # already the JSON text the page shows
+            if field.show_hidden_initial:  # callable defaults: the page posts both
+                data[form.add_initial_prefix(name)] = value
         elif isinstance(value, list | tuple):
             data[key] = [text(v) for v in value]
         else:
@@ -457,13 +461,62 @@ def _model_form(**overrides) -> dict:
         "n_ctx": "2048",
         "n_threads": "",
         "n_batch": "512",
+        "n_parallel": "8",
+        "backend": "llama_cpp",
         "chat_format": "gemma",
         "embeddings": "on",
+        "capabilities": '["chat", "completion", "json"]',
+        "tags": "[]",
+        "quality": "0.5",
+        "cost_per_million": "0",
+        "weight": "1",
         "enabled": "on",
         "owned_by": "llmsite",
     }
     data.update(overrides)
     return data
+
+
+def test_a_remote_model_needs_a_base_url_and_its_key_is_never_shown(admin_client, staff):
+    form = _model_form(model_id="far", path="", backend="openai")
+    r = admin_client.post(_url(LLMModel, "add"), form)
+    assert "A remote backend needs its base URL." in r.content.decode()
+    form.update(base_url="http://10.0.0.7:8000/v1", remote_api_key="sk-upstream-secret")
+    r = admin_client.post(_url(LLMModel, "add"), form, follow=True)
+    far = LLMModel.objects.get(model_id="far")
+    assert far.is_remote and far.remote_api_key == "sk-upstream-secret"
+    page = admin_client.get(_url(LLMModel, "change", far.pk)).content.decode()
+    assert "sk-upstream-secret" not in page
+    # Saving without typing the key keeps it.
+    data = _form_data(admin_client.get(_url(LLMModel, "change", far.pk)))
+    data["quality"] = "0.9"
+    r = admin_client.post(_url(LLMModel, "change", far.pk), data)
+    assert r.status_code == 302, r.context["adminform"].form.errors
+    far.refresh_from_db()
+    assert far.quality == 0.9 and far.remote_api_key == "sk-upstream-secret"
+    assert all("sk-upstream" not in str(row.data) for row in AuditLog.objects.all())
+
+
+def test_router_aliases_are_edited_in_the_admin_and_audited(admin_client, loaded_gemma, staff):
+    data = {
+        "name": "fast",
+        "strategy": "speed-priority",
+        "description": "",
+        "enabled": "on",
+        "candidates-TOTAL_FORMS": "1",
+        "candidates-INITIAL_FORMS": "0",
+        "candidates-MIN_NUM_FORMS": "0",
+        "candidates-MAX_NUM_FORMS": "1000",
+        "candidates-0-position": "0",
+        "candidates-0-model": str(loaded_gemma.pk),
+    }
+    r = admin_client.post(_url(RouterAlias, "add"), data, follow=True)
+    assert r.status_code == 200
+    alias = RouterAlias.objects.get(name="fast")
+    assert [c.model.model_id for c in alias.candidates.all()] == ["gemma-3-270m"]
+    [row] = _audit("alias.added")
+    assert row.actor == staff and row.data["candidates"] == ["gemma-3-270m"]
+    assert "gemma-3-270m" in admin_client.get(_url(RouterAlias, "changelist")).content.decode()
 
 
 def test_a_model_whose_file_does_not_exist_is_refused_with_the_path_named(admin_client, tmp_path):

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from inference.chat_formats import CHAT_FORMATS
 from inference.engine import ModelLoadError, check_gguf
+from inference.management.routing_args import add_routing_arguments, routing_values
 from inference.models import LLMModel, model_id_validator
 from inference.operations import model_save
 
@@ -21,6 +22,10 @@ class Command(BaseCommand):
         parser.add_argument("--chat-format", choices=sorted(CHAT_FORMATS), default="gemma")
         parser.add_argument("--no-embeddings", action="store_true")
         parser.add_argument("--disabled", action="store_true")
+        add_routing_arguments(parser)
+        parser.add_argument("--n-parallel", type=int, default=8)
+        parser.add_argument("--load-on-start", action="store_true")
+        parser.add_argument("--idle-unload", type=int, default=None, metavar="SECONDS")
 
     def handle(self, *args, model_id, path, **opts):
         try:
@@ -36,7 +41,14 @@ class Command(BaseCommand):
             raise CommandError("--n-ctx must be at least 16 and --n-batch at least 1")
         if opts["n_threads"] is not None and opts["n_threads"] < 1:
             raise CommandError("--n-threads must be at least 1")
+        if opts["n_parallel"] < 1:
+            raise CommandError("--n-parallel must be at least 1")
         values = {
+            **routing_values(opts),
+            "backend": "llama_cpp",
+            "n_parallel": opts["n_parallel"],
+            "load_on_start": opts["load_on_start"],
+            "idle_unload_seconds": opts["idle_unload"],
             "path": str(gguf),
             "n_ctx": opts["n_ctx"],
             "n_threads": opts["n_threads"],
