@@ -13,6 +13,9 @@ Variables (all optional):
   LLMSITE_MAX_BODY_BYTES  largest accepted request body (4 MiB)
   LLMSITE_LOAD_TIMEOUT    seconds a request waits for its model to load before a 503 (30)
   LLMSITE_MAX_QUEUE       jobs waiting on one engine before new requests get a 503 (64)
+  LLMSITE_METRICS_TOKEN   bearer token that may read /metrics from anywhere (unset: none)
+  LLMSITE_METRICS_ALLOW_IPS  addresses/CIDRs that may read /metrics without it
+                          (127.0.0.1,::1; `none` for token only)
   LLMSITE_JWT_ACCESS_MINUTES  access-token lifetime (5)
   LLMSITE_JWT_REFRESH_DAYS    refresh-token lifetime (1)
   LLMSITE_LOGIN_RATE      login attempts allowed per IP and per username (10/m)
@@ -40,6 +43,7 @@ from llmsite.env import (
     env_bool,
     env_int,
     env_list,
+    env_networks,
     env_path,
     env_str,
     redis_url,
@@ -221,6 +225,12 @@ SIMPLE_JWT = {
 }
 # Login attempts per IP and per username (django-ratelimit rate strings).
 LLMSITE_LOGIN_RATE = env_str("LLMSITE_LOGIN_RATE", "10/m")
+# Who may scrape /metrics: a bearer token, or a client address in the allow-list.
+# REMOTE_ADDR is the peer daphne sees; behind a proxy, list the proxy (or use the token).
+LLMSITE_METRICS_TOKEN = env_str("LLMSITE_METRICS_TOKEN").strip()
+if LLMSITE_METRICS_TOKEN and len(LLMSITE_METRICS_TOKEN) < 16:
+    raise ConfigError("LLMSITE_METRICS_TOKEN must be at least 16 characters")
+LLMSITE_METRICS_ALLOW_IPS = env_networks("LLMSITE_METRICS_ALLOW_IPS", ["127.0.0.1", "::1"])
 
 LLMSITE_DEFAULT_MODEL = env_str("LLMSITE_DEFAULT_MODEL", "gemma-3-270m")
 LLMSITE_PRELOAD = env_bool("LLMSITE_PRELOAD", False)
