@@ -19,6 +19,7 @@ from billing.quota import (
     quota_settle,
 )
 from billing.services import budget_check, usage_record
+from inference import metrics
 from llmsite.errors import to_api_error
 
 
@@ -85,6 +86,7 @@ class Accounting:
             # Refused before inference (validation, quota, context length): nothing
             # was computed for it, so nothing is billed.
             self.prompt_tokens = self.completion_tokens = 0
+        metrics.usage_observe(self, latency_ms=latency_ms, ttft_ms=ttft_ms)
         prices = self.reservation.prices if self.reservation else prices_for(self.model_pk)
         if self.reservation is not None:
             quota_settle(

@@ -1,4 +1,4 @@
-"""Request id, processing time and body-size limit on every response."""
+"""Request id, processing time, body-size limit and request metrics on every response."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 
+from inference import metrics
 from llmsite.errors import RequestTooLarge, error_response
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -47,8 +48,17 @@ def _too_large(request):
 
 
 def _finish(request, response, started: float):
+    elapsed = time.perf_counter() - started
     response["x-request-id"] = request.request_id
-    response["openai-processing-ms"] = str(int((time.perf_counter() - started) * 1000))
+    response["openai-processing-ms"] = str(int(elapsed * 1000))
+    match = getattr(request, "resolver_match", None)
+    metrics.http_observe(
+        # The URL pattern, not the path: one label per route, whatever the ids in it.
+        route=match.route if match is not None else "",
+        status=response.status_code,
+        model=response.get("x-llmsite-model", ""),
+        seconds=elapsed,
+    )
     return response
 
 

@@ -1,0 +1,278 @@
+"""What this process measures: Prometheus metrics, and the operators' stats snapshot.
+
+Counters and histograms are fed by two hooks: the request middleware (every
+HTTP response: route, status, answering model) and the accounting of /v1 calls
+(one observation per usage record: tokens, latency, TTFT, status, quota
+refusals). Gauges (queue depth, in-flight, loaded models, measured TTFT and
+decode speed, engine stats) are read at scrape time from the registry and
+`inference.live`, so they cost nothing between scrapes.
+
+Everything lives in one CollectorRegistry of this process. Under several daphne
+processes each one is scraped on its own (or put behind one scrape target per
+process); their counters are summed in Prometheus, not here.
+
+Model labels only ever name real models (a resolved row, or the router's
+`x-llmsite-model` header), never what a client typed, so label cardinality
+stays bounded by the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from inference.live import live
+from inference.registry import registry
+
+logger = logging.getLogger("llmsite.metrics")
+
+STARTED_AT = time.time()
+_STARTED_MONOTONIC = time.monotonic()
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+HTTP_REQUESTS = Counter(
+    "llmsite_http_requests",
+    "HTTP responses, by URL route, status code and the model that answered.",
+    ["route", "status", "model"],
+    registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "llmsite_http_request_duration_seconds",
+    "Time to the response headers, by URL route (a stream's body is not included).",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+INFERENCE_REQUESTS = Counter(
+    "llmsite_inference_requests",
+    "/v1 calls (one per usage record), by endpoint, model and outcome "
+    "(ok, error, cancelled, rejected).",
+    ["endpoint", "model", "status"],
+    registry=REGISTRY,
+)
+INFERENCE_DURATION = Histogram(
+    "llmsite_inference_duration_seconds",
+    "Whole /v1 call, streams to their last byte, by model.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TTFT = Histogram(
+    "llmsite_time_to_first_token_seconds",
+    "Time from the request to its first generated token, by model.",
+    ["model"],
+    buckets=_TTFT_BUCKETS,
+    registry=REGISTRY,
+)
+PROMPT_TOKENS = Counter(
+    "llmsite_prompt_tokens",
+    "Prompt tokens billed, by model.",
+    ["model"],
+    registry=REGISTRY,
+)
+COMPLETION_TOKENS = Counter(
+    "llmsite_completion_tokens",
+    "Completion tokens generated and billed, by model.",
+    ["model"],
+    registry=REGISTRY,
+)
+QUOTA_REFUSALS = Counter(
+    "llmsite_quota_refusals",
+    "Requests refused by a rate limit or quota (429), by code.",
+    ["code"],
+    registry=REGISTRY,
+)
+
+UNMATCHED_ROUTE = "(unmatched)"
+
+
+# -- observing --------------------------------------------------------------------
+def http_observe(*, route: str, status: int, model: str, seconds: float) -> None:
+    route = route or UNMATCHED_ROUTE
+    HTTP_REQUESTS.labels(route=route, status=str(status), model=model).inc()
+    HTTP_DURATION.labels(route=route).observe(seconds)
+
+
+def usage_observe(acct: Any, *, latency_ms: int, ttft_ms: int | None) -> None:
+    """Fold one finished /v1 call (an `inference.accounting.Accounting`) into the metrics.
+
+    Never raises: metrics must not cost anyone their usage record.
+    """
+    try:
+        # model_pk is set once the model row was resolved; before that model_id
+        # is whatever the client sent, which must not become a label.
+        model = acct.model_id if acct.model_pk is not None else ""
+        INFERENCE_REQUESTS.labels(endpoint=acct.endpoint, model=model, status=acct.status).inc()
+        if acct.status == "rejected":
+            QUOTA_REFUSALS.labels(code=acct.error_code or "rate_limit_exceeded").inc()
+        if not model:
+            return
+        INFERENCE_DURATION.labels(model=model).observe(latency_ms / 1000)
+        if ttft_ms is not None:
+            TTFT.labels(model=model).observe(ttft_ms / 1000)
+        if acct.prompt_tokens:
+            PROMPT_TOKENS.labels(model=model).inc(acct.prompt_tokens)
+        if acct.completion_tokens:
+            COMPLETION_TOKENS.labels(model=model).inc(acct.completion_tokens)
+    except Exception:
+        logger.exception("could not record metrics for request %s", acct.request_id)
+
+
+# -- scrape-time gauges -----------------------------------------------------------
+_STAT_KEY = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def engine_stats(engine: Any) -> dict[str, float]:
+    """The numeric entries of an engine's optional `stats()` (prefix-cache hits and so on)."""
+    stats = getattr(engine, "stats", None)
+    if not callable(stats):
+        return {}
+    try:
+        raw = stats()
+    except Exception:
+        logger.exception("stats() of engine %s failed", getattr(engine, "spec", engine))
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        # bool is an int: exported as 0/1.
+        if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
+            out[_STAT_KEY.sub("_", str(key))] = float(value)
+    return out
+
+
+class _LiveCollector(Collector):
+    """Reads the registry and the live figures on each scrape."""
+
+    _FIXED = ("queue_depth", "in_flight")
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = {mid: registry.get_loaded(mid) for mid in registry.loaded_ids()}
+        loaded = {mid: engine for mid, engine in loaded.items() if engine is not None}
+
+        count = GaugeMetricFamily("llmsite_models_loaded", "Local models loaded in this process.")
+        count.add_metric([], len(loaded))
+        yield count
+
+        queue = GaugeMetricFamily(
+            "llmsite_engine_queue_depth",
+            "Jobs waiting on a local model's engine.",
+            labels=["model"],
+        )
+        busy = GaugeMetricFamily(
+            "llmsite_engine_in_flight",
+            "Jobs a local model's engine is running now.",
+            labels=["model"],
+        )
+        extra: dict[str, GaugeMetricFamily] = {}
+        for mid, engine in sorted(loaded.items()):
+            queue.add_metric([mid], engine.queue_depth)
+            busy.add_metric([mid], engine.in_flight)
+            for key, value in engine_stats(engine).items():
+                if key in self._FIXED:
+                    continue  # already exported above, under the same name
+                family = extra.get(key)
+                if family is None:
+                    family = extra[key] = GaugeMetricFamily(
+                        f"llmsite_engine_{key}",
+                        f"Engine stat `{key}`, as the engine reports it.",
+                        labels=["model"],
+                    )
+                family.add_metric([mid], value)
+        yield queue
+        yield busy
+        yield from extra.values()
+
+        figures = live.all()
+        in_flight = GaugeMetricFamily(
+            "llmsite_model_in_flight",
+            "Requests holding a model's backend now, local or remote (router's count).",
+            labels=["model"],
+        )
+        ttft = GaugeMetricFamily(
+            "llmsite_model_ttft_seconds_avg",
+            "Measured time to first token, moving average (what the router decides on).",
+            labels=["model"],
+        )
+        speed = GaugeMetricFamily(
+            "llmsite_model_tokens_per_second_avg",
+            "Measured decode speed, moving average (what the router decides on).",
+            labels=["model"],
+        )
+        for mid, fig in sorted(figures.items()):
+            in_flight.add_metric([mid], fig.in_flight)
+            if fig.ttft_ms is not None:
+                ttft.add_metric([mid], fig.ttft_ms / 1000)
+            if fig.tokens_per_s is not None:
+                speed.add_metric([mid], fig.tokens_per_s)
+        yield in_flight
+        yield ttft
+        yield speed
+
+        start = GaugeMetricFamily(
+            "llmsite_start_time_seconds", "When this process started, in Unix time."
+        )
+        start.add_metric([], STARTED_AT)
+        yield start
+
+
+REGISTRY.register(_LiveCollector())
+
+
+def render() -> tuple[bytes, str]:
+    """The text exposition of every metric, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# -- process totals, for the operators' stats -------------------------------------
+def uptime_seconds() -> float:
+    return time.monotonic() - _STARTED_MONOTONIC
+
+
+def _sum(counter: Counter, **where: str) -> int:
+    total = 0.0
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and all(
+                sample.labels.get(k) == v for k, v in where.items()
+            ):
+                total += sample.value
+    return int(total)
+
+
+def request_totals() -> dict[str, int]:
+    """This process's counts since it started."""
+    http_errors = 0
+    for family in HTTP_REQUESTS.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels["status"].startswith("5"):
+                http_errors += int(sample.value)
+    return {
+        "requests": _sum(INFERENCE_REQUESTS),
+        "errors": _sum(INFERENCE_REQUESTS, status="error"),
+        "rejected": _sum(INFERENCE_REQUESTS, status="rejected"),
+        "cancelled": _sum(INFERENCE_REQUESTS, status="cancelled"),
+        "http_requests": _sum(HTTP_REQUESTS),
+        "http_errors": http_errors,
+    }
