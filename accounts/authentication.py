@@ -101,6 +101,29 @@ class JWTTenantAuthentication(JWTAuthentication):
         return principal, token
 
 
+class StaffJWTAuthentication(JWTAuthentication):
+    """A person's access token for the platform's operator endpoints: no tenant, no keys.
+
+    Permissions (`IsStaff`) decide who gets in; an API key is refused here, by
+    its prefix, before any lookup.
+    """
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if header.partition(" ")[2].strip().startswith(KEY_PREFIX):
+            raise exceptions.AuthenticationFailed(
+                "Operator endpoints take a staff user's access token, not an API key."
+            )
+        result = super().authenticate(request)
+        if result is None:
+            return None
+        user, token = result
+        principal = Principal(
+            tenant=None, user=user, ip=client_ip(request), request_id=_request_id(request)
+        )
+        return principal, token
+
+
 def principal_from_token(
     token: str, *, tenant_slug: str = "", ip: str | None = None, request_id: str = ""
 ) -> Principal:
@@ -176,6 +199,16 @@ class CanInfer(permissions.BasePermission):
         return True
 
 
+class IsStaff(permissions.BasePermission):
+    """A signed-in staff user (Django's `is_staff`): operators of the whole platform."""
+
+    message = "Operator endpoints are for staff users only."
+
+    def has_permission(self, request, view) -> bool:
+        user = getattr(request.user, "user", None)
+        return bool(user is not None and user.is_active and user.is_staff)
+
+
 MANAGER_ROLES = {Role.OWNER, Role.ADMIN}
 
 
@@ -197,4 +230,17 @@ class JWTTenantAuthenticationScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "bearerFormat": "JWT",
             "description": "Access token from /api/auth/token/; X-Tenant picks the tenant.",
+        }
+
+
+class StaffJWTAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "accounts.authentication.StaffJWTAuthentication"
+    name = "StaffJWTAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "Access token of a staff user, from /api/auth/token/.",
         }

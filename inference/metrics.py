@@ -37,6 +37,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from inference.live import live
+from inference.models import LLMModel
+from inference.operations import ModelState, model_file_size, model_state
 from inference.registry import registry
 
 logger = logging.getLogger("llmsite.metrics")
@@ -275,4 +277,42 @@ def request_totals() -> dict[str, int]:
         "cancelled": _sum(INFERENCE_REQUESTS, status="cancelled"),
         "http_requests": _sum(HTTP_REQUESTS),
         "http_errors": http_errors,
+    }
+
+
+# -- the operators' snapshot ------------------------------------------------------
+def model_status(*, model: LLMModel) -> dict:
+    """One model as an operator sees it in this process: state, load, speed, memory."""
+    # Remote backends hold nothing here: no engine, no queue, no memory.
+    state = ModelState("remote") if model.is_remote else model_state(model=model)
+    loaded = state.state == "loaded"
+    figures = live.get(model.model_id)
+    return {
+        "id": model.model_id,
+        "backend": model.backend,
+        "state": state.state,
+        "error": state.error,
+        "loaded": loaded,
+        "queue_depth": state.queue_depth,
+        "engine_in_flight": state.in_flight,
+        "in_flight": figures.in_flight,
+        "requests": figures.requests,
+        "errors": figures.errors,
+        "ttft_ms": None if figures.ttft_ms is None else round(figures.ttft_ms, 1),
+        "tokens_per_s": None if figures.tokens_per_s is None else round(figures.tokens_per_s, 1),
+        "memory_bytes": model_file_size(model=model) if loaded else None,
+        "engine_stats": engine_stats(registry.get(model.model_id)) if loaded else {},
+    }
+
+
+def operator_stats() -> dict:
+    """Uptime, request totals and every enabled model, for GET /api/admin/stats."""
+    models = [model_status(model=m) for m in LLMModel.objects.enabled()]
+    return {
+        "object": "llmsite.stats",
+        "started_at": STARTED_AT,
+        "uptime_s": round(uptime_seconds(), 1),
+        **request_totals(),
+        "models_loaded": len(registry.loaded_ids()),
+        "models": models,
     }

@@ -1,4 +1,12 @@
-"""Operator endpoints: Prometheus `/metrics`."""
+"""Operator endpoints: Prometheus `/metrics`, and staff-only stats and model loading.
+
+Not tenant-scoped: they speak for this process and the platform's models.
+Models are loaded per process (see inference.operations), so under several
+daphne processes each call acts on the process that handles it.
+
+The views are synchronous on purpose: under ASGI each request's sync code runs
+in that request's own thread, so waiting for a model to load blocks no one else.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +16,36 @@ import ipaddress
 from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import permissions
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import permissions, serializers
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import client_ip
+from accounts.authentication import IsStaff, StaffJWTAuthentication, client_ip
 from inference import metrics
+from inference.models import LLMModel
+from inference.operations import ModelState, model_load, model_reload, model_unload
 from llmsite.errors import (
     AuthenticationError,
+    ModelNotFound,
     PermissionError_,
+    ServiceUnavailable,
 )
 
 TAGS = ["Operators"]
+# How long a load waits for the model before answering 202 (the admin waits as long).
+LOAD_WAIT_SECONDS = 10.0
+MAX_LOAD_WAIT_SECONDS = 120.0
+
 _ERROR = OpenApiTypes.OBJECT
+STAFF_ERRORS = {
+    401: OpenApiResponse(_ERROR, description="No token, a bad one, or an API key"),
+    403: OpenApiResponse(_ERROR, description="The user is not staff"),
+}
+MODEL_ID = OpenApiParameter(
+    "model_id", str, OpenApiParameter.PATH, description="The model's id (`model_id`)"
+)
 
 
 # -- /metrics ---------------------------------------------------------------------
@@ -95,3 +119,147 @@ class MetricsView(APIView):
     def get(self, request):
         body, content_type = metrics.render()
         return HttpResponse(body, content_type=content_type)
+
+
+# -- staff endpoints --------------------------------------------------------------
+class ModelStatusSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    backend = serializers.CharField(help_text="`llama_cpp` (local) or `openai` (remote)")
+    state = serializers.CharField(help_text="loaded, loading, failed, unloaded or remote")
+    error = serializers.CharField(help_text="Why loading failed, when it did")
+    loaded = serializers.BooleanField()
+    queue_depth = serializers.IntegerField(help_text="Jobs waiting on the local engine")
+    engine_in_flight = serializers.IntegerField(help_text="Jobs the local engine runs now")
+    in_flight = serializers.IntegerField(help_text="Requests holding this backend (router)")
+    requests = serializers.IntegerField(help_text="Requests the router sent it")
+    errors = serializers.IntegerField(help_text="Of which failed")
+    ttft_ms = serializers.FloatField(allow_null=True, help_text="Time to first token, EWMA")
+    tokens_per_s = serializers.FloatField(allow_null=True, help_text="Decode speed, EWMA")
+    memory_bytes = serializers.IntegerField(
+        allow_null=True, help_text="Size of the loaded GGUF file"
+    )
+    engine_stats = serializers.DictField(
+        child=serializers.FloatField(), help_text="The engine's own counters, when it has any"
+    )
+
+
+class StatsSerializer(serializers.Serializer):
+    object = serializers.CharField()
+    started_at = serializers.FloatField(help_text="Unix time this process started")
+    uptime_s = serializers.FloatField()
+    requests = serializers.IntegerField(help_text="/v1 calls (one per usage record)")
+    errors = serializers.IntegerField(help_text="/v1 calls that failed")
+    rejected = serializers.IntegerField(help_text="/v1 calls refused by a limit or quota")
+    cancelled = serializers.IntegerField(help_text="/v1 calls the client left")
+    http_requests = serializers.IntegerField(help_text="HTTP responses of any route")
+    http_errors = serializers.IntegerField(help_text="HTTP 5xx responses")
+    models_loaded = serializers.IntegerField()
+    models = ModelStatusSerializer(many=True, help_text="Every enabled model")
+
+
+class LoadQuerySerializer(serializers.Serializer):
+    wait = serializers.FloatField(
+        required=False,
+        default=LOAD_WAIT_SECONDS,
+        min_value=0,
+        max_value=MAX_LOAD_WAIT_SECONDS,
+        help_text="Seconds to wait for the model before answering 202",
+    )
+
+
+class StaffView(APIView):
+    authentication_classes = [StaffJWTAuthentication]
+    permission_classes = [IsStaff]
+
+
+def _model(model_id: str) -> LLMModel:
+    # Operators see every row, enabled or not, whatever the tenants' lists say.
+    model = LLMModel.objects.filter(model_id=model_id).first()
+    if model is None:
+        raise ModelNotFound(model_id)
+    return model
+
+
+def _state_response(model: LLMModel, state: ModelState) -> Response:
+    if state.state == "failed":
+        raise ServiceUnavailable(
+            f"`{model.model_id}` failed to load: {state.error}", code="model_load_failed"
+        )
+    body = metrics.model_status(model=model)
+    return Response(body, status=200 if body["loaded"] else 202)
+
+
+class StatsView(StaffView):
+    @extend_schema(
+        operation_id="getOperatorStats",
+        tags=TAGS,
+        responses={200: StatsSerializer, **STAFF_ERRORS},
+        description="Uptime, request totals and every enabled model, in this process.",
+    )
+    def get(self, request):
+        return Response(metrics.operator_stats())
+
+
+LOAD_RESPONSES = {
+    200: OpenApiResponse(ModelStatusSerializer, description="Loaded"),
+    202: OpenApiResponse(ModelStatusSerializer, description="Still loading"),
+    400: OpenApiResponse(_ERROR, description="The model is disabled"),
+    **STAFF_ERRORS,
+    404: OpenApiResponse(_ERROR, description="Unknown model"),
+    503: OpenApiResponse(_ERROR, description="Loading failed"),
+}
+
+
+class ModelLoadView(StaffView):
+    @extend_schema(
+        operation_id="loadModel",
+        tags=TAGS,
+        request=None,
+        parameters=[MODEL_ID, LoadQuerySerializer],
+        responses=LOAD_RESPONSES,
+        description="Load a model in this process, waiting up to `wait` seconds for it.",
+    )
+    def post(self, request, model_id: str):
+        query = LoadQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        model = _model(model_id)
+        state = model_load(model=model, actor=request.user.actor, wait=query.validated_data["wait"])
+        return _state_response(model, state)
+
+
+class ModelReloadView(StaffView):
+    @extend_schema(
+        operation_id="reloadModel",
+        tags=TAGS,
+        request=None,
+        parameters=[MODEL_ID, LoadQuerySerializer],
+        responses=LOAD_RESPONSES,
+        description="Unload a model once its queued requests finish, then load it again.",
+    )
+    def post(self, request, model_id: str):
+        query = LoadQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        model = _model(model_id)
+        state = model_reload(
+            model=model, actor=request.user.actor, wait=query.validated_data["wait"]
+        )
+        return _state_response(model, state)
+
+
+class ModelUnloadView(StaffView):
+    @extend_schema(
+        operation_id="unloadModel",
+        tags=TAGS,
+        request=None,
+        parameters=[MODEL_ID],
+        responses={
+            200: ModelStatusSerializer,
+            **STAFF_ERRORS,
+            404: OpenApiResponse(_ERROR, description="Unknown model"),
+        },
+        description="Unload a model from this process once its queued requests finish.",
+    )
+    def post(self, request, model_id: str):
+        model = _model(model_id)
+        model_unload(model=model, actor=request.user.actor)
+        return Response(metrics.model_status(model=model))

@@ -11,6 +11,22 @@ urlpatterns = [
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
     path("metrics", ops_api.MetricsView.as_view(), name="metrics"),
+    path("api/admin/stats", ops_api.StatsView.as_view(), name="ops-stats"),
+    path(
+        "api/admin/models/<path:model_id>/load",
+        ops_api.ModelLoadView.as_view(),
+        name="ops-model-load",
+    ),
+    path(
+        "api/admin/models/<path:model_id>/unload",
+        ops_api.ModelUnloadView.as_view(),
+        name="ops-model-unload",
+    ),
+    path(
+        "api/admin/models/<path:model_id>/reload",
+        ops_api.ModelReloadView.as_view(),
+        name="ops-model-reload",
+    ),
     path("api/", include("accounts.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

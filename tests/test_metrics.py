@@ -292,6 +292,14 @@ def test_bad_metrics_settings_fail_at_start_naming_the_variable(name, value):
     assert name in result.stderr
 
 
-def test_metrics_is_in_the_schema():
+def test_metrics_and_operator_endpoints_are_in_the_schema():
     schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
-    assert schema["paths"]["/metrics"]["get"]["tags"] == ["Operators"]
+    for path in (
+        "/metrics",
+        "/api/admin/stats",
+        "/api/admin/models/{model_id}/load",
+        "/api/admin/models/{model_id}/unload",
+        "/api/admin/models/{model_id}/reload",
+    ):
+        operations = schema["paths"][path]
+        assert all(op["tags"] == ["Operators"] for op in operations.values()), path
