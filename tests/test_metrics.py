@@ -101,8 +101,8 @@ def test_metrics_parse_and_counters_move_with_traffic(client, loaded):
     assert moved("llmsite_time_to_first_token_seconds_count", model=MODEL) == 2
     assert moved("llmsite_inference_duration_seconds_count", model=MODEL) == 2
     assert moved("llmsite_inference_duration_seconds_bucket", model=MODEL, le="+Inf") == 2
-    # The HTTP counter labels the route pattern; the model is the router's header (none yet).
-    http = {"route": "v1/completions", "status": "200", "model": ""}
+    # The HTTP counter labels the route pattern and the model the router says answered.
+    http = {"route": "v1/completions", "status": "200", "model": MODEL}
     assert moved("llmsite_http_requests_total", **http) == 1
     assert moved("llmsite_http_request_duration_seconds_count", route="v1/completions") == 1
     assert moved("llmsite_http_requests_total", route="metrics", status="200", model="") == 1

@@ -102,12 +102,14 @@ def test_a_bad_or_inactive_users_token_is_401(staff, gemma):
 def test_staff_sees_stats_for_every_enabled_model(ops, loaded, client):
     LLMModel.objects.create(model_id="spare", path="/nowhere/spare.gguf")
     LLMModel.objects.create(model_id="off", path="/nowhere/off.gguf", enabled=False)
-    live.set(MODEL, ttft_ms=42.0, tokens_per_s=99.0, in_flight=1)
     before = ops.get("/api/admin/stats").json()
     r = client.post(
         "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 1}, format="json"
     )
     assert r.status_code == 200
+    # The router's figures after that request, replaced by known ones to read back.
+    assert live.get(MODEL).requests >= 1
+    live.set(MODEL, ttft_ms=42.0, tokens_per_s=99.0, in_flight=1)
 
     stats = ops.get("/api/admin/stats")
     assert stats.status_code == 200
