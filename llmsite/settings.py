@@ -142,6 +142,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory, so that tests can hammer it from several processes.
     # Per process, so two suites in one checkout never share (and delete) one file.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test_llmsite_{os.getpid()}.sqlite3")}
+else:
+    # Likewise per process on PostgreSQL: two suites against one server (a
+    # developer's run beside CI's) must not drop each other's test database.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_llmsite_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 _redis = env_str("REDIS_URL").strip()
