@@ -13,6 +13,9 @@ Variables (all optional):
   LLMSITE_MAX_BODY_BYTES  largest accepted request body (4 MiB)
   LLMSITE_LOAD_TIMEOUT    seconds a request waits for its model to load before a 503 (30)
   LLMSITE_MAX_QUEUE       jobs waiting on one engine before new requests get a 503 (64)
+  LLMSITE_KEY_CACHE_SECONDS  how long a process may keep an authenticated API key: the
+                          most a write that bypasses the invalidation (queryset.update(),
+                          raw SQL) goes unseen (60; 0 turns the cache off)
   LLMSITE_JWT_ACCESS_MINUTES  access-token lifetime (5)
   LLMSITE_JWT_REFRESH_DAYS    refresh-token lifetime (1)
   LLMSITE_LOGIN_RATE      login attempts allowed per IP and per username (10/m)
@@ -226,6 +229,10 @@ if LLMSITE_QUOTA_BACKEND not in {"auto", "redis", "db"}:
 if LLMSITE_QUOTA_BACKEND == "redis" and not REDIS_URL:
     raise ConfigError("LLMSITE_QUOTA_BACKEND=redis needs REDIS_URL")
 LLMSITE_QUOTA_PREFIX = env_str("LLMSITE_QUOTA_PREFIX", "llmsite:q")
+# Authenticated API keys are cached per process and checked against generation
+# counters on every request, so changes made through the ORM apply at once; this
+# bounds how long one made around the signals can go unseen (0: no cache).
+LLMSITE_KEY_CACHE_SECONDS = env_int("LLMSITE_KEY_CACHE_SECONDS", 60, minimum=0)
 # Raw usage records older than this are pruned by `manage.py prune_usage` (0: keep all).
 LLMSITE_USAGE_RETENTION_DAYS = env_int("LLMSITE_USAGE_RETENTION_DAYS", 0, minimum=0) or None
 MODELS_DIR = DATA_DIR / "models"
