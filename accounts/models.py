@@ -167,3 +167,21 @@ class AuditLog(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ValueError("audit rows are append-only")
+
+
+class AuthGeneration(models.Model):
+    """A counter bumped, in the same transaction, by every change to what an
+    authenticated API key brings along: the key, its tenant, their limits, plans.
+
+    Processes cache authenticated keys and check these counters (one indexed read)
+    on each request, so a revoked key or a changed limit applies to the very next
+    request in every process. `scope` is a tenant's id, or 0 for what tenants share.
+    """
+
+    GLOBAL = 0
+
+    scope = models.BigIntegerField(primary_key=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.scope}={self.value}"

@@ -5,16 +5,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
-from accounts.models import DEFAULT_SCOPES, ApiKey, AuditLog, Membership, Role, Scope, Tenant
+from accounts.models import (
+    DEFAULT_SCOPES,
+    ApiKey,
+    AuditLog,
+    AuthGeneration,
+    Membership,
+    Role,
+    Scope,
+    Tenant,
+)
 from llmsite.errors import InvalidRequest, PermissionError_
 
 KEY_PREFIX = "sk-llm-"
@@ -197,18 +209,20 @@ def api_key_rotate(
 
 
 def api_key_authenticate(*, raw: str, actor_ip: str | None = None) -> ApiKey | None:
-    """The usable key matching `raw`, or None. Constant-time comparison of the hash."""
+    """The usable key matching `raw`, or None. Constant-time comparison of the hash.
+
+    The key comes with its tenant, the tenant's billing and plan, and its own
+    limits (the quota check right after needs them), from this process's cache
+    when the generations it was loaded under are still current.
+    """
     if not raw.startswith(KEY_PREFIX) or len(raw) > 200:
         return None
     prefix, _, _secret = raw[len(KEY_PREFIX) :].partition("_")
     if len(prefix) != _PREFIX_LEN:
         return None
-    key = (
-        # The limits ride along: the quota check right after needs them.
-        ApiKey.objects.select_related("tenant", "tenant__billing__plan", "limits")
-        .filter(prefix=prefix, revoked_at__isnull=True, tenant__is_active=True)
-        .first()
-    )
+    key = _key_cache.get(prefix)
+    if key is None:
+        key = _key_load(prefix)
     # Hash and compare even when no row matched so timing does not reveal prefixes.
     expected = key.hashed_key if key else "0" * 64
     if not hmac.compare_digest(hash_key(raw), expected) or key is None:
@@ -221,6 +235,103 @@ def api_key_authenticate(*, raw: str, actor_ip: str | None = None) -> ApiKey | N
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
     return key
+
+
+# -- the authenticated-key cache --------------------------------------------------------
+# Loading a key with its tenant, billing, plan and limits costs a five-table join
+# and five model instances per request. A process keeps what it loaded, with the
+# AuthGeneration values read in the same statement; a hit costs one primary-key
+# read of those two counters. Every change bumps them in its own transaction
+# (accounts/signals.py, billing/signals.py), so a revoked key, a deactivated
+# tenant or a new limit applies to the very next request in every process.
+# Writes that skip signals (queryset.update(), raw SQL) are seen once an entry
+# is LLMSITE_KEY_CACHE_SECONDS old. Cached instances are shared between requests:
+# read them, never change them (last_used_at excepted, a hint).
+_KEY_CACHE_MAX = 10_000
+
+
+@dataclass
+class _CachedKey:
+    key: ApiKey
+    generations: tuple[int, int]  # (the tenant's, the global one)
+    loaded: float  # time.monotonic()
+
+
+class _KeyCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, _CachedKey] = {}
+
+    def get(self, prefix: str) -> ApiKey | None:
+        entry = self._entries.get(prefix)
+        if entry is None:
+            return None
+        if time.monotonic() - entry.loaded > settings.LLMSITE_KEY_CACHE_SECONDS or (
+            _generations(entry.key.tenant_id) != entry.generations
+        ):
+            self._entries.pop(prefix, None)
+            return None
+        return entry.key
+
+    def put(self, prefix: str, key: ApiKey, generations: tuple[int, int]) -> None:
+        if settings.LLMSITE_KEY_CACHE_SECONDS <= 0:
+            return
+        if len(self._entries) >= _KEY_CACHE_MAX:
+            self._entries.clear()  # rare: a full reload beats bookkeeping on every hit
+        self._entries[prefix] = _CachedKey(key, generations, time.monotonic())
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_key_cache = _KeyCache()
+
+
+def _key_load(prefix: str) -> ApiKey | None:
+    generation = AuthGeneration.objects.values("value")
+    key = (
+        ApiKey.objects.select_related("tenant", "tenant__billing__plan", "limits")
+        .filter(prefix=prefix, revoked_at__isnull=True, tenant__is_active=True)
+        # Read in the same statement as the rows, so they describe exactly these rows.
+        .annotate(
+            tenant_generation=Subquery(generation.filter(scope=OuterRef("tenant_id"))),
+            global_generation=Subquery(generation.filter(scope=AuthGeneration.GLOBAL)),
+        )
+        .first()
+    )
+    if key is not None:
+        generations = (key.tenant_generation or 0, key.global_generation or 0)
+        _key_cache.put(prefix, key, generations)
+    return key
+
+
+def _generations(tenant_id: int) -> tuple[int, int]:
+    # Raw SQL: this runs on every authenticated request, and the ORM's query
+    # compilation would cost more than the read itself.
+    table = connection.ops.quote_name(AuthGeneration._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT scope, value FROM {table} WHERE scope IN (%s, %s)",  # noqa: S608
+            [tenant_id, AuthGeneration.GLOBAL],
+        )
+        values = dict(cursor.fetchall())
+    return (values.get(tenant_id, 0), values.get(AuthGeneration.GLOBAL, 0))
+
+
+def auth_generation_bump(*, tenant_id: int | None) -> None:
+    """Make every process reload the keys of one tenant (None: of every tenant).
+
+    Call it inside the transaction that makes the change: the bump commits (or
+    rolls back) with it, so no process can cache the old rows under the new value.
+    """
+    scope = AuthGeneration.GLOBAL if tenant_id is None else tenant_id
+    rows = AuthGeneration.objects.filter(scope=scope)
+    if rows.update(value=F("value") + 1):
+        return
+    try:
+        with transaction.atomic():
+            AuthGeneration.objects.create(scope=scope, value=1)
+    except IntegrityError:  # created by a concurrent bump
+        rows.update(value=F("value") + 1)
 
 
 def _audit_expiry_once(key: ApiKey, ip: str | None) -> None:

@@ -243,7 +243,7 @@ def _plan(
             window_id, reset = windows[window]
             checks.append(
                 Check(
-                    f"llmsite:q:{scope}:{kind}:{window_id}",
+                    f"{prefix}:{scope}:{kind}:{window_id}",
                     increment,
                     int(limit),
                     ttl,

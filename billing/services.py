@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -56,7 +57,59 @@ def _rollup_add(record: UsageRecord) -> None:
         DailyUsage.objects.filter(**key).update(**increments)
 
 
-@transaction.atomic
+_ROLLUP_KEY = ("tenant_id", "day", "model_id", "key_prefix")
+_ROLLUP_SUMS = ("requests", "prompt_tokens", "completion_tokens", "cost")
+_RECORD_WITH_ROLLUP = """
+    WITH record AS (INSERT INTO {records} ({columns}) VALUES ({values}) RETURNING {pk})
+    INSERT INTO {rollups} AS rollup ({key}, {sums}) VALUES ({rollup_values})
+    ON CONFLICT ({key}) DO UPDATE SET {additions}
+    RETURNING (SELECT {pk} FROM record)
+"""
+
+
+@cache
+def _record_with_rollup_sql() -> tuple[str, tuple]:
+    """PostgreSQL: the record and its roll-up in one statement, so one round trip
+    and one commit (a statement is atomic on its own, and ON CONFLICT makes the
+    roll-up's first insert safe against a concurrent one)."""
+    qn = connection.ops.quote_name
+    fields = tuple(f for f in UsageRecord._meta.concrete_fields if not f.primary_key)
+    sql = _RECORD_WITH_ROLLUP.format(  # identifiers from the models' metadata only
+        records=qn(UsageRecord._meta.db_table),
+        columns=", ".join(qn(f.column) for f in fields),
+        values=", ".join(["%s"] * len(fields)),
+        pk=qn(UsageRecord._meta.pk.column),
+        rollups=qn(DailyUsage._meta.db_table),
+        key=", ".join(qn(c) for c in _ROLLUP_KEY),
+        sums=", ".join(qn(c) for c in _ROLLUP_SUMS),
+        rollup_values=", ".join(["%s"] * (len(_ROLLUP_KEY) + len(_ROLLUP_SUMS))),
+        additions=", ".join(f"{qn(c)} = rollup.{qn(c)} + EXCLUDED.{qn(c)}" for c in _ROLLUP_SUMS),
+    )
+    return sql, fields
+
+
+def _insert_with_rollup(record: UsageRecord) -> None:
+    sql, fields = _record_with_rollup_sql()
+    rollup = {
+        "tenant_id": record.tenant_id,
+        "day": record.created_at.astimezone(UTC).date(),
+        "model_id": record.model_id,
+        "key_prefix": record.api_key.prefix if record.api_key else "",
+        "requests": 1,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "cost": record.cost,
+    }
+    rollup_field = {f.attname: f for f in DailyUsage._meta.concrete_fields}
+    params = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
+    params += [rollup_field[name].get_db_prep_save(v, connection) for name, v in rollup.items()]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        record.pk = cursor.fetchone()[0]
+    record._state.adding = False
+    record._state.db = connection.alias
+
+
 def usage_record(
     *,
     tenant: Tenant,
@@ -74,7 +127,8 @@ def usage_record(
     latency_ms: int,
     ttft_ms: int | None,
 ) -> UsageRecord:
-    record = UsageRecord.objects.create(
+    """Write a request's usage record and add it to its daily roll-up, atomically."""
+    record = UsageRecord(
         tenant=tenant,
         api_key=api_key,
         user=user,
@@ -89,8 +143,14 @@ def usage_record(
         request_id=request_id,
         latency_ms=max(0, latency_ms),
         ttft_ms=ttft_ms,
+        created_at=timezone.now(),
     )
-    _rollup_add(record)
+    if connection.vendor == "postgresql":
+        _insert_with_rollup(record)
+        return record
+    with transaction.atomic():
+        record.save(force_insert=True)
+        _rollup_add(record)
     return record
 
 

@@ -16,6 +16,9 @@ Variables (all optional):
   LLMSITE_METRICS_TOKEN   bearer token that may read /metrics from anywhere (unset: none)
   LLMSITE_METRICS_ALLOW_IPS  addresses/CIDRs that may read /metrics without it
                           (127.0.0.1,::1; `none` for token only)
+  LLMSITE_KEY_CACHE_SECONDS  how long a process may keep an authenticated API key: the
+                          most a write that bypasses the invalidation (queryset.update(),
+                          raw SQL) goes unseen (60; 0 turns the cache off)
   LLMSITE_JWT_ACCESS_MINUTES  access-token lifetime (5)
   LLMSITE_JWT_REFRESH_DAYS    refresh-token lifetime (1)
   LLMSITE_LOGIN_RATE      login attempts allowed per IP and per username (10/m)
@@ -248,6 +251,10 @@ if LLMSITE_QUOTA_BACKEND not in {"auto", "redis", "db"}:
 if LLMSITE_QUOTA_BACKEND == "redis" and not REDIS_URL:
     raise ConfigError("LLMSITE_QUOTA_BACKEND=redis needs REDIS_URL")
 LLMSITE_QUOTA_PREFIX = env_str("LLMSITE_QUOTA_PREFIX", "llmsite:q")
+# Authenticated API keys are cached per process and checked against generation
+# counters on every request, so changes made through the ORM apply at once; this
+# bounds how long one made around the signals can go unseen (0: no cache).
+LLMSITE_KEY_CACHE_SECONDS = env_int("LLMSITE_KEY_CACHE_SECONDS", 60, minimum=0)
 # Raw usage records older than this are pruned by `manage.py prune_usage` (0: keep all).
 LLMSITE_USAGE_RETENTION_DAYS = env_int("LLMSITE_USAGE_RETENTION_DAYS", 0, minimum=0) or None
 MODELS_DIR = DATA_DIR / "models"

@@ -1,0 +1,24 @@
+"""Keep the authenticated-key cache honest: every change to a key or a tenant
+bumps that tenant's AuthGeneration in the same transaction."""
+
+from __future__ import annotations
+
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from accounts.models import ApiKey, Tenant
+from accounts.services import auth_generation_bump
+
+
+@receiver(post_save, sender=ApiKey)
+@receiver(post_delete, sender=ApiKey)
+def _api_key_changed(sender, instance: ApiKey, created: bool = False, **kwargs) -> None:
+    if not created:  # a new key is in nobody's cache yet
+        auth_generation_bump(tenant_id=instance.tenant_id)
+
+
+@receiver(post_save, sender=Tenant)
+@receiver(post_delete, sender=Tenant)
+def _tenant_changed(sender, instance: Tenant, created: bool = False, **kwargs) -> None:
+    if not created:
+        auth_generation_bump(tenant_id=instance.pk)
