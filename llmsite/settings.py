@@ -164,7 +164,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "llmsite"},
+            # redis-py 8 reads with a 5 s socket timeout by default, which cuts
+            # channels_redis's blocking receive (and with it idle WebSockets).
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "prefix": "llmsite",
+            },
         }
     }
 else:
