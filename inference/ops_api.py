@@ -203,10 +203,10 @@ class StatsView(StaffView):
 LOAD_RESPONSES = {
     200: OpenApiResponse(ModelStatusSerializer, description="Loaded"),
     202: OpenApiResponse(ModelStatusSerializer, description="Still loading"),
-    400: OpenApiResponse(_ERROR, description="The model is disabled"),
+    400: OpenApiResponse(_ERROR, description="The model is disabled, or remote"),
     **STAFF_ERRORS,
     404: OpenApiResponse(_ERROR, description="Unknown model"),
-    503: OpenApiResponse(_ERROR, description="Loading failed"),
+    503: OpenApiResponse(_ERROR, description="Loading failed (or no room in the memory budget)"),
 }
 
 

@@ -7,14 +7,12 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.http import JsonResponse
-from django.test import Client, RequestFactory
+from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference.live import live
 from inference.registry import registry
 from llmsite.env import ConfigError, env_networks
-from llmsite.middleware import request_context
 from tests.helpers import read_stream
 
 pytestmark = pytest.mark.django_db
@@ -114,16 +112,22 @@ def test_metrics_parse_and_counters_move_with_traffic(client, loaded):
     assert "process_cpu_seconds_total" in names(after)
 
 
-def test_the_routers_model_header_labels_http_requests():
-    def answered(request):
-        response = JsonResponse({})
-        response["x-llmsite-model"] = MODEL
-        return response
-
-    labels = {"route": "(unmatched)", "status": "200", "model": MODEL}
-    before = value(scrape(), "llmsite_http_requests_total", **labels)
-    request_context(answered)(RequestFactory().get("/anywhere"))
-    assert value(scrape(), "llmsite_http_requests_total", **labels) - before == 1
+def test_an_alias_is_counted_under_the_model_that_answered(client, loaded):
+    call_command("add_alias", "fast", "--models", MODEL, stdout=StringIO())
+    before = scrape()
+    r = client.post(
+        "/v1/completions", {"model": "fast", "prompt": "Hi", "max_tokens": 1}, format="json"
+    )
+    assert r.status_code == 200 and r["x-llmsite-model"] == MODEL
+    after = scrape()
+    ok = {"endpoint": "completions", "model": MODEL, "status": "ok"}
+    http = {"route": "v1/completions", "status": "200", "model": MODEL}
+    for name, labels in [
+        ("llmsite_inference_requests_total", ok),
+        ("llmsite_http_requests_total", http),
+    ]:
+        assert value(after, name, **labels) - value(before, name, **labels) == 1
+    assert not any("fast" in str(labels) for _, labels in after)
 
 
 def test_client_chosen_model_names_never_become_labels(client):

@@ -8,7 +8,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from accounts.models import AuditLog, Role
 from accounts.services import member_add
 from inference.live import live
-from inference.models import LLMModel
+from inference.models import BACKEND_OPENAI, LLMModel
 from inference.registry import registry
 
 pytestmark = pytest.mark.django_db
@@ -108,8 +108,8 @@ def test_staff_sees_stats_for_every_enabled_model(ops, loaded, client):
     )
     assert r.status_code == 200
     # The router's figures after that request, replaced by known ones to read back.
-    assert live.get(MODEL).requests >= 1
-    live.set(MODEL, ttft_ms=42.0, tokens_per_s=99.0, in_flight=1)
+    assert live.get(MODEL).requests >= 1 and live.get(MODEL).ttft_ms > 0
+    live.set(MODEL, ttft_ms=42.0, tokens_per_s=99.0, in_flight=1, requests=5, errors=1)
 
     stats = ops.get("/api/admin/stats")
     assert stats.status_code == 200
@@ -128,6 +128,7 @@ def test_staff_sees_stats_for_every_enabled_model(ops, loaded, client):
     assert gemma["queue_depth"] == 0 and gemma["engine_in_flight"] == 0
     assert gemma["in_flight"] == 1
     assert gemma["ttft_ms"] == 42.0 and gemma["tokens_per_s"] == 99.0
+    assert gemma["requests"] == 5 and gemma["errors"] == 1
     assert gemma["memory_bytes"] == loaded.spec.path.stat().st_size
     spare = models["spare"]
     assert spare["state"] == "unloaded" and spare["loaded"] is False
@@ -222,3 +223,16 @@ def test_an_invalid_wait_is_400(ops, wait):
     r = ops.post(f"/api/admin/models/{MODEL}/load?wait={wait}")
     assert_error(r, 400, "invalid_value")
     assert r.json()["error"]["param"] == "wait"
+
+
+def test_a_remote_model_is_listed_but_not_loaded_here(ops):
+    LLMModel.objects.create(
+        model_id="far", path="", backend=BACKEND_OPENAI, base_url="http://10.0.0.7:8000/v1"
+    )
+    live.set("far", ttft_ms=80.0, in_flight=2)
+    models = {m["id"]: m for m in ops.get("/api/admin/stats").json()["models"]}
+    far = models["far"]
+    assert far["backend"] == "openai" and far["state"] == "remote" and far["loaded"] is False
+    assert far["memory_bytes"] is None and far["queue_depth"] == 0
+    assert far["in_flight"] == 2 and far["ttft_ms"] == 80.0
+    assert_error(ops.post("/api/admin/models/far/load"), 400, "model_remote")
