@@ -9,6 +9,26 @@ from inference.models import LLMModel
 MODEL = "gemma-3-270m"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _release_test_database(django_db_setup, django_db_blocker):
+    """Let pytest-django drop the PostgreSQL test database at the end.
+
+    Worker threads (sync_to_async executors, thread pools in tests) keep
+    connections Django never closes; the drop fails while they exist.
+    """
+    yield
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    connections.close_all()
+
+
 @pytest.fixture
 def gemma(db) -> LLMModel:
     # The data migration registers it; transactional tests flush tables, so

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 import time_machine
 from django.core.management import call_command
+from django.db import connections
 from rest_framework.test import APIClient
 
 from accounts.services import tenant_models_set
@@ -325,7 +326,10 @@ def test_unload_and_reload_while_requests_run(api_key, gemma):
     def call(i: int) -> int:
         c = APIClient()
         c.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
-        return post(c, prompt=f"Count {i}:", max_tokens=6).status_code
+        try:
+            return post(c, prompt=f"Count {i}:", max_tokens=6).status_code
+        finally:
+            connections.close_all()  # this worker thread's own connection
 
     with ThreadPoolExecutor(4) as pool:
         first = [pool.submit(call, i) for i in range(4)]
