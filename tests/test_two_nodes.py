@@ -122,3 +122,34 @@ def test_completions_and_errors_pass_through(nodes):
     )
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_client_leaving_a_stream_cancels_it_on_both_nodes(nodes):
+    front, back = nodes
+    with httpx.stream(
+        "POST",
+        f"{front.base_url}/v1/completions",
+        json={"model": REMOTE, "prompt": "Once upon a time", "max_tokens": 400, "stream": True},
+        headers={"Authorization": f"Bearer {front.api_key}"},
+        timeout=60,
+    ) as r:
+        request_id = r.headers["x-request-id"]
+        seen = 0
+        for line in r.iter_lines():
+            seen += line.startswith("data: {")
+            if seen >= 3:
+                break
+    [(_, status, _, completion)] = records(front, request_id)
+    assert status == "cancelled"
+    assert 3 <= completion < 400
+    # The back node saw its client (the front) leave too, and stopped generating.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = back.query(
+            "SELECT status, completion_tokens FROM billing_usagerecord "
+            "WHERE endpoint = 'completions' ORDER BY id DESC LIMIT 1"
+        )
+        if rows and rows[0][0] == "cancelled":
+            break
+        time.sleep(0.2)
+    assert rows[0][0] == "cancelled" and rows[0][1] < 400

@@ -6,6 +6,7 @@ import json
 import random
 import socket
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -19,6 +20,7 @@ from rest_framework.test import APIClient
 from accounts.services import tenant_models_set
 from billing.models import UsageRecord
 from inference import router
+from inference.engine import SamplingParams
 from inference.live import live
 from inference.models import LLMModel
 from inference.operations import model_reload, model_unload
@@ -340,3 +342,56 @@ def test_unload_and_reload_while_requests_run(api_key, gemma):
         codes = [f.result() for f in first + second + third]
     assert codes == [200] * 10
     assert UsageRecord.objects.filter(status="ok").count() == 10
+
+
+# -- loading: idle unload and the memory budget -------------------------------------
+@pytest.fixture
+def twin(db, gemma):
+    """The bundled GGUF registered again with other settings: a second engine."""
+    path = registry.engine_for(gemma).spec.path
+    model = LLMModel.objects.create(model_id="gemma-twin", path=str(path), n_ctx=512)
+    yield model
+    registry.unload("gemma-twin")
+
+
+def test_an_idle_model_is_unloaded_after_its_timeout(twin):
+    twin.idle_unload_seconds = 60
+    twin.save()
+    engine = registry.engine_for(twin)
+    assert engine.wait_ready(120)
+    assert registry.reap_idle() == []  # just used
+    idle_since = registry.idle_seconds("gemma-twin")
+    assert idle_since is not None and idle_since < 60
+    later = time.monotonic() + 61
+    assert registry.reap_idle(now=later) == ["gemma-twin"]
+    assert registry.get("gemma-twin") is None
+
+
+def test_the_memory_budget_unloads_the_least_recently_used_idle_model(gemma, twin, settings):
+    size_mb = registry.engine_for(gemma).spec.path.stat().st_size / 2**20
+    settings.LLMSITE_MEMORY_BUDGET_MB = int(size_mb * 1.5)  # room for one, not two
+    assert registry.engine_for(gemma).wait_ready(120)
+    twin_engine = registry.engine_for(twin)
+    assert twin_engine.wait_ready(120)
+    assert registry.get(MODEL) is None  # made room
+    # Asking for the first again evicts the now least recently used twin.
+    assert registry.engine_for(gemma).wait_ready(120)
+    assert registry.get("gemma-twin") is None
+
+
+def test_the_memory_budget_refuses_a_load_while_busy_models_fill_it(client, gemma, twin, settings):
+    size_mb = registry.engine_for(gemma).spec.path.stat().st_size / 2**20
+    settings.LLMSITE_MEMORY_BUDGET_MB = int(size_mb * 1.5)
+    engine = registry.engine_for(gemma)
+    assert engine.wait_ready(120)
+    handle = engine.submit(engine.tokenize("Once upon a time"), SamplingParams(max_tokens=200))
+    try:
+        r = post(client, model="gemma-twin")
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "model_unavailable"
+        assert "budget" in r.json()["error"]["message"]
+        assert registry.get(MODEL) is engine  # the busy model stayed
+    finally:
+        handle.cancel()
+        for _ in handle:
+            pass
