@@ -335,3 +335,68 @@ class EmbeddingRequestSerializer(StrictSerializer):
             if isinstance(item, str) and not item:
                 raise serializers.ValidationError(f"item {index} is an empty string")
         return value
+
+
+# -- /v1/batch, /v1/compare, /v1/analyze ------------------------------------------------
+# The request serializer of each URL a batch item may name.
+BATCH_URLS = {
+    "/v1/chat/completions": ChatCompletionRequestSerializer,
+    "/v1/completions": CompletionRequestSerializer,
+    "/v1/embeddings": EmbeddingRequestSerializer,
+}
+DEFAULT_BATCH_CONCURRENCY = 4
+
+
+class BatchItemSerializer(StrictSerializer):
+    """One batch item: the body of a chat, completion or embedding request, and its URL.
+
+    An invalid item is that item's 400 (the other items still run); its error
+    names the body's field (`stream`, `messages[0].role`) as a single call's
+    would, or the item's own `url` / `custom_id`.
+    """
+
+    custom_id = serializers.CharField(max_length=128, required=False, allow_null=True, default=None)
+    url = serializers.ChoiceField(choices=list(BATCH_URLS))
+    body = serializers.DictField()
+
+    def validate(self, attrs):
+        body = attrs["body"]
+        # Checked before the body's own serializer: embeddings would call it an
+        # unknown argument, chat and completions would accept it.
+        if body.get("stream"):
+            raise UnsupportedParameter(
+                "Streaming is not available inside a batch; each item's response is "
+                "returned whole.",
+                param="stream",
+            )
+        serializer = BATCH_URLS[attrs["url"]](data=body)
+        serializer.is_valid(raise_exception=True)
+        attrs["data"] = dict(serializer.validated_data)
+        return attrs
+
+
+@extend_schema_field(BatchItemSerializer(many=True))
+class BatchItemsField(serializers.ListField):
+    """The items stay raw JSON here: each one is validated on its own, as its own request."""
+
+    child = serializers.JSONField()
+
+    def to_internal_value(self, data):
+        from django.conf import settings
+
+        items = super().to_internal_value(data)
+        limit = settings.LLMSITE_BATCH_MAX
+        if len(items) > limit:
+            raise serializers.ValidationError(
+                f"at most {limit} requests are accepted in one batch, got {len(items)}"
+            )
+        return items
+
+
+class BatchRequestSerializer(StrictSerializer):
+    """Up to LLMSITE_BATCH_MAX requests, run at most `concurrency` at a time."""
+
+    requests = BatchItemsField(min_length=1)
+    concurrency = serializers.IntegerField(
+        min_value=1, required=False, allow_null=True, default=DEFAULT_BATCH_CONCURRENCY
+    )

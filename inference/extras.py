@@ -1,0 +1,205 @@
+"""/v1/batch: requests built out of other /v1 requests.
+
+Accounting. Every unit of inference here is its own /v1 request for quotas
+and billing: it gets its own Accounting (request id `<request id>-<index>`),
+reserves its own quota and leaves exactly one usage record under the
+endpoint it ran (`chat.completions`, `completions`, `embeddings`). Limits and
+bills come out as if the caller had sent the requests one by one: a batch
+may see some items refused with 429 while others answer. The envelope
+reserves nothing and records nothing once its body is valid (the view hands
+accounting over to the items); an envelope refused before anything runs
+(invalid body) is one record, like any refused request.
+
+An item that never started because the client left first leaves no record:
+nothing was reserved or computed for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from rest_framework.serializers import Serializer
+
+from accounts.authentication import Principal
+from billing.quota import key_limits, tenant_limits
+from inference import services
+from inference.accounting import Accounting
+from inference.serializers import (
+    BATCH_URLS,
+    DEFAULT_BATCH_CONCURRENCY,
+    BatchItemSerializer,
+)
+from llmsite.errors import APIError, InvalidRequest, internal_error, to_api_error
+
+logger = logging.getLogger("llmsite.inference")
+
+# The endpoint name (as the single-call views record it) and service of each batch URL.
+_TARGETS = {
+    "/v1/chat/completions": ("chat.completions", services.chat_completion_create),
+    "/v1/completions": ("completions", services.completion_create),
+    "/v1/embeddings": ("embeddings", services.embedding_create),
+}
+assert set(_TARGETS) == set(BATCH_URLS)
+
+
+@dataclass
+class FanOut:
+    """A response made of several accounted requests: its body, and the
+    x-ratelimit-* headers of the item reservation that left the least room."""
+
+    body: dict
+    headers: dict[str, str]
+
+
+def _child_id(request_id: str, index: int) -> str:
+    suffix = f"-{index}"
+    # Usage records hold 128 characters; a client's X-Request-Id may use them all.
+    return request_id[: 128 - len(suffix)] + suffix
+
+
+def _child_accounting(
+    principal: Principal, endpoint: str, request_id: str, index: int, body
+) -> Accounting:
+    # The same fields InferenceView.start_accounting reads from a single call's body.
+    body = body if isinstance(body, dict) else {}
+    user = body.get("user")
+    return Accounting(
+        principal=principal,
+        endpoint=endpoint,
+        request_id=_child_id(request_id, index),
+        end_user=user[:256] if isinstance(user, str) else "",
+        model_id=str(body.get("model", ""))[:128],
+    )
+
+
+def _as_api_error(exc: Exception) -> APIError:
+    err = to_api_error(exc)
+    if err is None:
+        logger.exception("unhandled error in a fanned-out request")
+        return internal_error()
+    return err
+
+
+async def _settle(acct: Accounting, exc: BaseException) -> None:
+    """Write the record of a request that failed before the service wrote it
+    (validation), as InferenceView.dispatch does for a single call."""
+    if not acct.written:
+        acct.fail(exc)
+        await acct.write()
+
+
+def _error_entry(entry: dict, err: APIError) -> dict:
+    return {**entry, "status_code": err.status, "error": err.body()["error"]}
+
+
+def _validated(serializer_class: type[Serializer], body) -> dict:
+    serializer = serializer_class(data=body)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _tightest_headers(accts: list[Accounting]) -> dict[str, str]:
+    def room(headers: dict[str, str]) -> tuple[int, int]:
+        far = 1 << 62
+        return (
+            int(headers.get("x-ratelimit-remaining-requests", far)),
+            int(headers.get("x-ratelimit-remaining-tokens", far)),
+        )
+
+    found = [h for h in (acct.rate_headers() for acct in accts) if h]
+    return min(found, key=room) if found else {}
+
+
+def _totals(entries: list[dict], accts: list[Accounting], started: float) -> dict:
+    # Tokens as accounted (billed): for answered items the same as their usage.
+    prompt = sum(acct.prompt_tokens for acct in accts)
+    completion = sum(acct.completion_tokens for acct in accts)
+    succeeded = sum(1 for entry in entries if entry["status_code"] == 200)
+    return {
+        "requests": len(entries),
+        "succeeded": succeeded,
+        "failed": len(entries) - succeeded,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "latency_ms": int((time.monotonic() - started) * 1000),
+    }
+
+
+# -- /v1/batch ---------------------------------------------------------------------------
+async def _concurrency_cap(principal: Principal) -> int | None:
+    """The tightest max_concurrent of the tenant and the key, if any.
+
+    A batch wider than that would refuse its own items with 429 ("too many
+    concurrent requests"); running that many at a time still lets other
+    requests of the tenant take slots, and then an item is refused as a single
+    call would be.
+    """
+
+    def read() -> int | None:
+        caps = [
+            limits.max_concurrent
+            for limits in (tenant_limits(principal.tenant), key_limits(principal.api_key))
+            if limits.max_concurrent is not None
+        ]
+        return min(caps) if caps else None
+
+    return await sync_to_async(read)()
+
+
+async def batch_run(*, principal: Principal, data: dict, request_id: str) -> FanOut:
+    """Run every item of a batch, at most `concurrency` at a time, in asyncio.
+
+    Each item is validated and run as its own request (see the module's
+    docstring): its result is `response` with status 200, or its `error` in
+    OpenAI's shape with the status a single call would have had. Items come
+    back in request order, whatever order they finished in. The batch itself
+    answers 200 once its envelope is valid, even when every item failed: the
+    per-item status codes and `totals` say what happened.
+    """
+    started = time.monotonic()
+    items = data["requests"]
+    width = data.get("concurrency") or DEFAULT_BATCH_CONCURRENCY
+    cap = await _concurrency_cap(principal)
+    width = max(1, min(width, len(items), settings.LLMSITE_BATCH_MAX, cap or width))
+    gate = asyncio.Semaphore(width)
+    accts: list[Accounting] = []
+
+    async def run(index: int, raw) -> dict:
+        raw_dict = raw if isinstance(raw, dict) else {}
+        custom_id = raw_dict.get("custom_id")
+        entry = {"index": index, "custom_id": custom_id if isinstance(custom_id, str) else None}
+        body = raw_dict.get("body")
+        url = raw_dict.get("url")
+        # An item with no valid url is still recorded, under the batch's own name.
+        endpoint, service = _TARGETS.get(url if isinstance(url, str) else "", ("batch", None))
+        async with gate:
+            acct = _child_accounting(principal, endpoint, request_id, index, body)
+            accts.append(acct)
+            try:
+                if not isinstance(raw, dict):
+                    raise InvalidRequest("A batch item must be a JSON object.", code="invalid_type")
+                item = _validated(BatchItemSerializer, raw)
+                response = await service(principal=principal, data=item["data"], acct=acct)
+            except Exception as exc:
+                await _settle(acct, exc)
+                return _error_entry(entry, _as_api_error(exc))
+            except BaseException as exc:  # cancelled: the client left
+                await _settle(acct, exc)
+                raise
+        return {**entry, "status_code": 200, "response": response}
+
+    entries = await asyncio.gather(*(run(index, raw) for index, raw in enumerate(items)))
+    return FanOut(
+        body={
+            "object": "batch.result",
+            "data": entries,
+            "totals": _totals(entries, accts, started),
+        },
+        headers=_tightest_headers(accts),
+    )
