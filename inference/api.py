@@ -17,6 +17,7 @@ from inference.accounting import Accounting
 from inference.serializers import (
     BatchRequestSerializer,
     ChatCompletionRequestSerializer,
+    CompareRequestSerializer,
     CompletionRequestSerializer,
     EmbeddingRequestSerializer,
 )
@@ -340,6 +341,39 @@ class BatchView(FanOutView):
             "(`status_code` 200 and `response`) or fails (`status_code` and an OpenAI `error`) "
             "on its own; an invalid item is that item's 400. `stream` is refused per item. "
             "Results keep the request order; `totals` sums them."
+        ),
+    )
+    async def post(self, request):
+        return await super().post(request)
+
+
+class CompareView(FanOutView):
+    endpoint = "compare"
+    request_serializer = CompareRequestSerializer
+    service = staticmethod(extras.compare_run)
+
+    @extend_schema(
+        operation_id="createComparison",
+        tags=["Compare"],
+        request=CompareRequestSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 400: ERRORS[400]},
+        examples=[
+            OpenApiExample(
+                "compare",
+                request_only=True,
+                value={
+                    "models": ["gemma-3-270m", "auto"],
+                    "prompt": "The capital of France is",
+                    "max_tokens": 8,
+                    "temperature": 0,
+                },
+            )
+        ],
+        description=(
+            "One prompt (a completion) or one conversation (`messages`, a chat) on 2 to 8 "
+            "models or aliases at once. Each entry gives the model asked, the model that "
+            "answered, the text, `latency_ms`, `ttft_ms`, `usage` and `tokens_per_second`, or "
+            "an OpenAI `error` (404 for an unknown model). 200 whenever the body is valid."
         ),
     )
     async def post(self, request):

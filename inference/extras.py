@@ -1,4 +1,4 @@
-"""/v1/batch: requests built out of other /v1 requests.
+"""/v1/batch and /v1/compare: requests built out of other /v1 requests.
 
 Accounting. Every unit of inference here is its own /v1 request for quotas
 and billing: it gets its own Accounting (request id `<request id>-<index>`),
@@ -12,6 +12,8 @@ accounting over to the items); an envelope refused before anything runs
 
 An item that never started because the client left first leaves no record:
 nothing was reserved or computed for it.
+
+A compare runs each model as one such request, as a batch runs each item.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from inference.serializers import (
     BATCH_URLS,
     DEFAULT_BATCH_CONCURRENCY,
     BatchItemSerializer,
+    ChatCompletionRequestSerializer,
+    CompletionRequestSerializer,
 )
 from llmsite.errors import APIError, InvalidRequest, internal_error, to_api_error
 
@@ -45,6 +49,10 @@ _TARGETS = {
     "/v1/embeddings": ("embeddings", services.embedding_create),
 }
 assert set(_TARGETS) == set(BATCH_URLS)
+
+# A compare run with no max_tokens would otherwise be a chat's "until the
+# context is full": on several models at once that is minutes, not a comparison.
+DEFAULT_COMPARE_MAX_TOKENS = 256
 
 
 @dataclass
@@ -198,6 +206,88 @@ async def batch_run(*, principal: Principal, data: dict, request_id: str) -> Fan
     return FanOut(
         body={
             "object": "batch.result",
+            "data": entries,
+            "totals": _totals(entries, accts, started),
+        },
+        headers=_tightest_headers(accts),
+    )
+
+
+# -- /v1/compare -------------------------------------------------------------------------
+def _tokens_per_second(acct: Accounting, ended: float) -> float | None:
+    """The decode rate: tokens after the first over the time after the first, as
+    llama.cpp reports it (the first token's wait is the TTFT). With fewer than
+    two tokens, or no first-token time (a remote backend answering whole), it
+    is the tokens over the whole latency; None when nothing was generated."""
+    tokens = acct.completion_tokens
+    if tokens < 1:
+        return None
+    first = acct.first_token_at
+    if first is not None and tokens >= 2 and ended > first:
+        return round((tokens - 1) / (ended - first), 2)
+    elapsed = ended - acct.started
+    return round(tokens / elapsed, 2) if elapsed > 0 else None
+
+
+async def compare_run(*, principal: Principal, data: dict, request_id: str) -> FanOut:
+    """The same prompt (or conversation) on each model, all at once.
+
+    Each model runs as a single completion (with `prompt`) or chat completion
+    (with `messages`) would, through the router: a name may be a model id, an
+    alias or `auto`, and `answered_model` says which model answered. A model
+    that cannot answer (unknown: 404, over quota: 429, overloaded: 503) gets an
+    `error` in OpenAI's shape in its entry. The compare answers 200 whenever its
+    body is valid, even if every model failed: a comparison where one side is
+    missing is still the answer, and the status codes per entry say why.
+    """
+    started = time.monotonic()
+    chat = "messages" in data
+    endpoint, service = _TARGETS["/v1/chat/completions" if chat else "/v1/completions"]
+    serializer_class = ChatCompletionRequestSerializer if chat else CompletionRequestSerializer
+    shared = {
+        key: value
+        for key, value in data.items()
+        if key not in ("models", "n", "stream", "stream_options", "include_usage")
+        and value is not None
+    }
+    shared.setdefault("max_tokens", DEFAULT_COMPARE_MAX_TOKENS)
+    accts: list[Accounting] = []
+
+    async def run(index: int, name: str) -> dict:
+        body = {**shared, "model": name}
+        acct = _child_accounting(principal, endpoint, request_id, index, body)
+        accts.append(acct)
+        entry = {"index": index, "model": name}
+        try:
+            result = await service(
+                principal=principal, data=_validated(serializer_class, body), acct=acct
+            )
+        except Exception as exc:
+            await _settle(acct, exc)
+            return _error_entry(entry, _as_api_error(exc))
+        except BaseException as exc:
+            await _settle(acct, exc)
+            raise
+        ended = time.monotonic()
+        choice = result["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+        first = acct.first_token_at
+        return {
+            **entry,
+            "answered_model": result["model"],
+            "status_code": 200,
+            "text": text,
+            "finish_reason": choice["finish_reason"],
+            "latency_ms": int((ended - acct.started) * 1000),
+            "ttft_ms": int((first - acct.started) * 1000) if first is not None else None,
+            "usage": result["usage"],
+            "tokens_per_second": _tokens_per_second(acct, ended),
+        }
+
+    entries = await asyncio.gather(*(run(i, name) for i, name in enumerate(data["models"])))
+    return FanOut(
+        body={
+            "object": "compare.result",
             "data": entries,
             "totals": _totals(entries, accts, started),
         },

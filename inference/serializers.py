@@ -345,6 +345,8 @@ BATCH_URLS = {
     "/v1/embeddings": EmbeddingRequestSerializer,
 }
 DEFAULT_BATCH_CONCURRENCY = 4
+MIN_COMPARE_MODELS = 2
+MAX_COMPARE_MODELS = 8
 
 
 class BatchItemSerializer(StrictSerializer):
@@ -400,3 +402,43 @@ class BatchRequestSerializer(StrictSerializer):
     concurrency = serializers.IntegerField(
         min_value=1, required=False, allow_null=True, default=DEFAULT_BATCH_CONCURRENCY
     )
+
+
+class CompareRequestSerializer(SamplingSerializer):
+    """One prompt (a completion) or one conversation (a chat) for 2 to 8 models.
+
+    The sampling fields are the same for every model, so a bad one is the
+    whole request's 400; only what depends on the model (unknown model, quota,
+    context length) fails that model's entry. `n`, `stream` and
+    `stream_options` are refused: one whole text per model.
+    """
+
+    model = None
+    n = None
+    stream = None
+    stream_options = None
+
+    models = serializers.ListField(
+        child=serializers.CharField(max_length=128),
+        min_length=MIN_COMPARE_MODELS,
+        max_length=MAX_COMPARE_MODELS,
+    )
+    prompt = serializers.CharField(required=False, trim_whitespace=False)
+    messages = serializers.ListField(
+        child=MessageSerializer(), min_length=1, max_length=MAX_MESSAGES, required=False
+    )
+
+    def validate_models(self, value):
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("each model may be named only once")
+        return value
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        if ("prompt" in attrs) == ("messages" in attrs):
+            raise InvalidRequest(
+                "Send either `prompt` (a completion) or `messages` (a chat), not both.",
+                param="prompt" if "prompt" in attrs else "messages",
+                code="invalid_value",
+            )
+        return attrs

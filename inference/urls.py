@@ -9,4 +9,5 @@ urlpatterns = [
     path("chat/completions", api.ChatCompletionView.as_view(), name="chat-completions"),
     path("embeddings", api.EmbeddingView.as_view(), name="embeddings"),
     path("batch", api.BatchView.as_view(), name="batch"),
+    path("compare", api.CompareView.as_view(), name="compare"),
 ]
