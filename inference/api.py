@@ -15,6 +15,7 @@ from accounts.authentication import CanInfer
 from inference import extras, router, selectors, services
 from inference.accounting import Accounting
 from inference.serializers import (
+    AnalyzeRequestSerializer,
     BatchRequestSerializer,
     ChatCompletionRequestSerializer,
     CompareRequestSerializer,
@@ -378,3 +379,30 @@ class CompareView(FanOutView):
     )
     async def post(self, request):
         return await super().post(request)
+
+
+class AnalyzeView(InferenceView):
+    endpoint = "analyze"
+
+    @extend_schema(
+        operation_id="createAnalysis",
+        tags=["Analyze"],
+        request=AnalyzeRequestSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        examples=[
+            OpenApiExample(
+                "analyze",
+                request_only=True,
+                value={"text": "The service was quick and friendly.", "tasks": ["sentiment"]},
+            )
+        ],
+        description=(
+            "Sentiment (`label` positive/negative/neutral and `score` 0..1), `keywords` and a "
+            "`summary` of a text, from one JSON-schema-constrained chat completion on the "
+            "router (`model` defaults to `auto`). The answer always parses."
+        ),
+    )
+    async def post(self, request):
+        acct = self.start_accounting(request)
+        data = _validated(AnalyzeRequestSerializer, request)
+        return Response(await extras.text_analyze(principal=request.user, data=data, acct=acct))

@@ -1,4 +1,4 @@
-"""/v1/batch and /v1/compare: requests built out of other /v1 requests.
+"""/v1/batch, /v1/compare and /v1/analyze: requests built out of other /v1 requests.
 
 Accounting. Every unit of inference here is its own /v1 request for quotas
 and billing: it gets its own Accounting (request id `<request id>-<index>`),
@@ -14,11 +14,15 @@ An item that never started because the client left first leaves no record:
 nothing was reserved or computed for it.
 
 A compare runs each model as one such request, as a batch runs each item.
+
+/v1/analyze is one chat completion underneath: one request, one record,
+under the endpoint `analyze`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -293,3 +297,165 @@ async def compare_run(*, principal: Principal, data: dict, request_id: str) -> F
         },
         headers=_tightest_headers(accts),
     )
+
+
+# -- /v1/analyze -------------------------------------------------------------------------
+# Bounds in the schema are what make generation end: the GBNF converter turns
+# maxItems and a pattern's {1,n} into bounded repetitions and an enum into
+# literals, so the grammar has no unbounded repetition and its longest output
+# is finite; the token budget below covers it. They are also kept small on
+# purpose: grammar-constrained decoding costs far more per token than free
+# decoding (llama-cpp-python checks the grammar against the whole vocabulary).
+KEYWORDS_MAX = 5
+KEYWORD_CHARS = 24
+SUMMARY_CHARS = 160
+SENTIMENT_LABELS = ("positive", "negative", "neutral")
+# The converter ignores minimum/maximum, and a free number may take 50 digits
+# (greedy decoding of a small model happily writes 0.0000000000000000): the
+# score is one of eleven steps instead, always within 0..1 and a few tokens long.
+SCORE_STEPS = [round(step / 10, 1) for step in range(11)]
+
+
+def _line(max_chars: int) -> dict:
+    """A string of 1..max_chars characters on one line, without quotes or escapes:
+    the model must close it rather than ramble on into new lines, and each
+    character is one character of output (the budget below counts on it)."""
+    return {"type": "string", "pattern": rf'^[^"\\\n\r\t]{{1,{max_chars}}}$'}
+
+
+_TASK_SCHEMAS = {
+    "sentiment": {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "enum": list(SENTIMENT_LABELS)},
+            "score": {"type": "number", "enum": SCORE_STEPS},
+        },
+        "required": ["label", "score"],
+        "additionalProperties": False,
+    },
+    "keywords": {
+        "type": "array",
+        "items": _line(KEYWORD_CHARS),
+        "minItems": 1,
+        "maxItems": KEYWORDS_MAX,
+    },
+    "summary": _line(SUMMARY_CHARS),
+}
+
+# The longest output each part's grammar allows, in characters: its literal
+# structure doubled (the grammar allows one space after every literal) plus its
+# free text. A generated token adds at least one character, so this many
+# tokens always reach the closing brace: the answer is never cut off by
+# max_tokens, and it always parses.
+_TASK_CHARS = {
+    "sentiment": 2 * len('"sentiment":{"label":"negative","score":0.1},'),
+    "keywords": 2 * len('"keywords":[],') + KEYWORDS_MAX * (2 * len('"",') + KEYWORD_CHARS),
+    "summary": 2 * len('"summary":"",') + SUMMARY_CHARS,
+}
+_BRACES_CHARS = 2 * len("{}")
+
+
+_TASK_INSTRUCTIONS = {
+    "sentiment": '"sentiment": positive, negative or neutral, and how sure you are, 0 to 1',
+    "keywords": f'"keywords": at most {KEYWORDS_MAX} keywords of one or two words',
+    "summary": '"summary": one short sentence',
+}
+
+
+class UnparseableOutput(APIError):
+    """The model's answer did not hold the analysis structure (a remote backend
+    that ignored the schema). The tokens were computed and are billed."""
+
+    status = 502
+    type = "server_error"
+    code = "invalid_model_output"
+
+
+def analysis_schema(tasks: list[str]) -> dict:
+    """The JSON schema of the answer: one property per requested task, all required."""
+    return {
+        "type": "object",
+        "properties": {task: _TASK_SCHEMAS[task] for task in tasks},
+        "required": list(tasks),
+        "additionalProperties": False,
+    }
+
+
+def _analyze_prompt(tasks: list[str], text: str) -> str:
+    # No example answer: a small model copies it word for word instead of
+    # reading the text. The schema gives the shape; the prompt, the meaning.
+    wanted = "\n".join(f"- {_TASK_INSTRUCTIONS[task]}" for task in tasks)
+    return (
+        "Analyze the text below. Answer with one short JSON object only:\n"
+        f"{wanted}\n\nText:\n{text}"
+    )
+
+
+def _parse_analysis(content: str, tasks: list[str]) -> dict:
+    try:
+        # strict=False: a JSON string may not hold raw control characters, and the
+        # grammar keeps out only newlines and tabs.
+        parsed = json.loads(content, strict=False)
+    except ValueError as exc:
+        raise UnparseableOutput("The model's answer was not valid JSON.") from exc
+    if not isinstance(parsed, dict):
+        raise UnparseableOutput("The model's answer was not a JSON object.")
+    out: dict = {}
+    if "sentiment" in tasks:
+        sentiment = parsed.get("sentiment")
+        label = sentiment.get("label") if isinstance(sentiment, dict) else None
+        score = sentiment.get("score") if isinstance(sentiment, dict) else None
+        if label not in SENTIMENT_LABELS or not isinstance(score, int | float):
+            raise UnparseableOutput("The model's answer had no valid sentiment.")
+        # A remote backend may not hold to the schema's steps: clamp, at least.
+        out["sentiment"] = {"label": label, "score": min(1.0, max(0.0, float(score)))}
+    if "keywords" in tasks:
+        keywords = parsed.get("keywords")
+        if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
+            raise UnparseableOutput("The model's answer had no valid keywords.")
+        # A small model repeats itself: keep each keyword once, in order.
+        unique: dict[str, str] = {}
+        for keyword in (k.strip() for k in keywords):
+            if keyword:
+                unique.setdefault(keyword.casefold(), keyword)
+        out["keywords"] = list(unique.values())[:KEYWORDS_MAX]
+    if "summary" in tasks:
+        summary = parsed.get("summary")
+        if not isinstance(summary, str):
+            raise UnparseableOutput("The model's answer had no valid summary.")
+        out["summary"] = summary.strip()
+    return out
+
+
+async def text_analyze(*, principal: Principal, data: dict, acct: Accounting) -> dict:
+    """Sentiment, keywords and summary of a text, as one chat completion on the router.
+
+    The answer is constrained with `response_format` json_schema (a GBNF
+    grammar on local models), with bounded lengths and a token budget that
+    covers the longest answer the grammar allows, so it always parses into
+    the requested parts. Greedy decoding: the same text gives the same
+    analysis. Content quality is the model's; the structure is guaranteed.
+    """
+    tasks = data["tasks"]
+    budget = _BRACES_CHARS + sum(_TASK_CHARS[task] for task in tasks)
+    body = {
+        "model": data["model"],
+        "messages": [{"role": "user", "content": _analyze_prompt(tasks, data["text"])}],
+        "max_tokens": budget,
+        "temperature": 0,
+        "user": data.get("user") or "",
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "analysis", "schema": analysis_schema(tasks), "strict": True},
+        },
+    }
+    result = await services.chat_completion_create(
+        principal=principal, data=_validated(ChatCompletionRequestSerializer, body), acct=acct
+    )
+    content = result["choices"][0]["message"]["content"] or ""
+    return {
+        "object": "analysis",
+        "model": result["model"],
+        **_parse_analysis(content, tasks),
+        "usage": result["usage"],
+    }

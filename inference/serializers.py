@@ -347,6 +347,8 @@ BATCH_URLS = {
 DEFAULT_BATCH_CONCURRENCY = 4
 MIN_COMPARE_MODELS = 2
 MAX_COMPARE_MODELS = 8
+MAX_ANALYZE_CHARS = 8000
+ANALYZE_TASKS = ("sentiment", "keywords", "summary")
 
 
 class BatchItemSerializer(StrictSerializer):
@@ -442,3 +444,26 @@ class CompareRequestSerializer(SamplingSerializer):
                 code="invalid_value",
             )
         return attrs
+
+
+class AnalyzeRequestSerializer(StrictSerializer):
+    """A text to analyze, the tasks wanted (all by default) and the model or alias."""
+
+    text = serializers.CharField(max_length=MAX_ANALYZE_CHARS, trim_whitespace=False)
+    tasks = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(ANALYZE_TASKS)),
+        min_length=1,
+        required=False,
+        default=lambda: list(ANALYZE_TASKS),
+    )
+    model = serializers.CharField(max_length=128, required=False, default="auto")
+    user = serializers.CharField(max_length=256, required=False, allow_blank=True, default="")
+
+    def validate_text(self, value):
+        if not value.strip():
+            raise serializers.ValidationError("must not be blank")
+        return value
+
+    def validate_tasks(self, value):
+        # Duplicates are harmless; keep the canonical order for the schema and output.
+        return [task for task in ANALYZE_TASKS if task in value]

@@ -10,4 +10,5 @@ urlpatterns = [
     path("embeddings", api.EmbeddingView.as_view(), name="embeddings"),
     path("batch", api.BatchView.as_view(), name="batch"),
     path("compare", api.CompareView.as_view(), name="compare"),
+    path("analyze", api.AnalyzeView.as_view(), name="analyze"),
 ]
