@@ -12,10 +12,13 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from accounts.authentication import CanInfer
-from inference import router, selectors, services
+from inference import extras, router, selectors, services
 from inference.accounting import Accounting
 from inference.serializers import (
+    AnalyzeRequestSerializer,
+    BatchRequestSerializer,
     ChatCompletionRequestSerializer,
+    CompareRequestSerializer,
     CompletionRequestSerializer,
     EmbeddingRequestSerializer,
 )
@@ -274,3 +277,132 @@ class EmbeddingView(InferenceView):
         return Response(
             await services.embedding_create(principal=request.user, data=data, acct=acct)
         )
+
+
+# -- /v1/batch, /v1/compare, /v1/analyze ---------------------------------------------------
+class FanOutView(InferenceView):
+    """A request made of several /v1 requests, each accounted on its own.
+
+    Authentication, permissions and a refused envelope (invalid body: one
+    record, like any refused request) go through InferenceView. Once the body
+    is valid, the view drops its own accounting: each item reserves quota and
+    writes its record, and the envelope adds neither a record nor a unit of
+    RPM. The response carries the x-ratelimit-* of the tightest item.
+    """
+
+    request_serializer: type | None = None  # set by subclasses
+    service = None
+
+    async def post(self, request):
+        self.start_accounting(request)
+        data = _validated(self.request_serializer, request)
+        self.acct = None  # from here on, the items account for themselves
+        outcome = await self.service(
+            principal=request.user, data=data, request_id=request._request.request_id
+        )
+        return Response(outcome.body, headers=outcome.headers)
+
+
+BATCH_EXAMPLE = {
+    "requests": [
+        {
+            "custom_id": "greet",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gemma-3-270m",
+                "messages": [{"role": "user", "content": "Say hello."}],
+                "max_tokens": 8,
+            },
+        },
+        {
+            "custom_id": "vec",
+            "url": "/v1/embeddings",
+            "body": {"model": "gemma-3-270m", "input": "hello"},
+        },
+    ],
+    "concurrency": 2,
+}
+
+
+class BatchView(FanOutView):
+    endpoint = "batch"
+    request_serializer = BatchRequestSerializer
+    service = staticmethod(extras.batch_run)
+
+    @extend_schema(
+        operation_id="createBatch",
+        tags=["Batch"],
+        request=BatchRequestSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 400: ERRORS[400]},
+        examples=[OpenApiExample("batch", request_only=True, value=BATCH_EXAMPLE)],
+        description=(
+            "Up to `LLMSITE_BATCH_MAX` chat, completion or embedding requests in one call, run "
+            "concurrently (at most `concurrency` at a time, and within the tenant's concurrency "
+            "limit). Each item is its own request for quotas and billing: it succeeds "
+            "(`status_code` 200 and `response`) or fails (`status_code` and an OpenAI `error`) "
+            "on its own; an invalid item is that item's 400. `stream` is refused per item. "
+            "Results keep the request order; `totals` sums them."
+        ),
+    )
+    async def post(self, request):
+        return await super().post(request)
+
+
+class CompareView(FanOutView):
+    endpoint = "compare"
+    request_serializer = CompareRequestSerializer
+    service = staticmethod(extras.compare_run)
+
+    @extend_schema(
+        operation_id="createComparison",
+        tags=["Compare"],
+        request=CompareRequestSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 400: ERRORS[400]},
+        examples=[
+            OpenApiExample(
+                "compare",
+                request_only=True,
+                value={
+                    "models": ["gemma-3-270m", "auto"],
+                    "prompt": "The capital of France is",
+                    "max_tokens": 8,
+                    "temperature": 0,
+                },
+            )
+        ],
+        description=(
+            "One prompt (a completion) or one conversation (`messages`, a chat) on 2 to 8 "
+            "models or aliases at once. Each entry gives the model asked, the model that "
+            "answered, the text, `latency_ms`, `ttft_ms`, `usage` and `tokens_per_second`, or "
+            "an OpenAI `error` (404 for an unknown model). 200 whenever the body is valid."
+        ),
+    )
+    async def post(self, request):
+        return await super().post(request)
+
+
+class AnalyzeView(InferenceView):
+    endpoint = "analyze"
+
+    @extend_schema(
+        operation_id="createAnalysis",
+        tags=["Analyze"],
+        request=AnalyzeRequestSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        examples=[
+            OpenApiExample(
+                "analyze",
+                request_only=True,
+                value={"text": "The service was quick and friendly.", "tasks": ["sentiment"]},
+            )
+        ],
+        description=(
+            "Sentiment (`label` positive/negative/neutral and `score` 0..1), `keywords` and a "
+            "`summary` of a text, from one JSON-schema-constrained chat completion on the "
+            "router (`model` defaults to `auto`). The answer always parses."
+        ),
+    )
+    async def post(self, request):
+        acct = self.start_accounting(request)
+        data = _validated(AnalyzeRequestSerializer, request)
+        return Response(await extras.text_analyze(principal=request.user, data=data, acct=acct))

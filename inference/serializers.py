@@ -335,3 +335,135 @@ class EmbeddingRequestSerializer(StrictSerializer):
             if isinstance(item, str) and not item:
                 raise serializers.ValidationError(f"item {index} is an empty string")
         return value
+
+
+# -- /v1/batch, /v1/compare, /v1/analyze ------------------------------------------------
+# The request serializer of each URL a batch item may name.
+BATCH_URLS = {
+    "/v1/chat/completions": ChatCompletionRequestSerializer,
+    "/v1/completions": CompletionRequestSerializer,
+    "/v1/embeddings": EmbeddingRequestSerializer,
+}
+DEFAULT_BATCH_CONCURRENCY = 4
+MIN_COMPARE_MODELS = 2
+MAX_COMPARE_MODELS = 8
+MAX_ANALYZE_CHARS = 8000
+ANALYZE_TASKS = ("sentiment", "keywords", "summary")
+
+
+class BatchItemSerializer(StrictSerializer):
+    """One batch item: the body of a chat, completion or embedding request, and its URL.
+
+    An invalid item is that item's 400 (the other items still run); its error
+    names the body's field (`stream`, `messages[0].role`) as a single call's
+    would, or the item's own `url` / `custom_id`.
+    """
+
+    custom_id = serializers.CharField(max_length=128, required=False, allow_null=True, default=None)
+    url = serializers.ChoiceField(choices=list(BATCH_URLS))
+    body = serializers.DictField()
+
+    def validate(self, attrs):
+        body = attrs["body"]
+        # Checked before the body's own serializer: embeddings would call it an
+        # unknown argument, chat and completions would accept it.
+        if body.get("stream"):
+            raise UnsupportedParameter(
+                "Streaming is not available inside a batch; each item's response is "
+                "returned whole.",
+                param="stream",
+            )
+        serializer = BATCH_URLS[attrs["url"]](data=body)
+        serializer.is_valid(raise_exception=True)
+        attrs["data"] = dict(serializer.validated_data)
+        return attrs
+
+
+@extend_schema_field(BatchItemSerializer(many=True))
+class BatchItemsField(serializers.ListField):
+    """The items stay raw JSON here: each one is validated on its own, as its own request."""
+
+    child = serializers.JSONField()
+
+    def to_internal_value(self, data):
+        from django.conf import settings
+
+        items = super().to_internal_value(data)
+        limit = settings.LLMSITE_BATCH_MAX
+        if len(items) > limit:
+            raise serializers.ValidationError(
+                f"at most {limit} requests are accepted in one batch, got {len(items)}"
+            )
+        return items
+
+
+class BatchRequestSerializer(StrictSerializer):
+    """Up to LLMSITE_BATCH_MAX requests, run at most `concurrency` at a time."""
+
+    requests = BatchItemsField(min_length=1)
+    concurrency = serializers.IntegerField(
+        min_value=1, required=False, allow_null=True, default=DEFAULT_BATCH_CONCURRENCY
+    )
+
+
+class CompareRequestSerializer(SamplingSerializer):
+    """One prompt (a completion) or one conversation (a chat) for 2 to 8 models.
+
+    The sampling fields are the same for every model, so a bad one is the
+    whole request's 400; only what depends on the model (unknown model, quota,
+    context length) fails that model's entry. `n`, `stream` and
+    `stream_options` are refused: one whole text per model.
+    """
+
+    model = None
+    n = None
+    stream = None
+    stream_options = None
+
+    models = serializers.ListField(
+        child=serializers.CharField(max_length=128),
+        min_length=MIN_COMPARE_MODELS,
+        max_length=MAX_COMPARE_MODELS,
+    )
+    prompt = serializers.CharField(required=False, trim_whitespace=False)
+    messages = serializers.ListField(
+        child=MessageSerializer(), min_length=1, max_length=MAX_MESSAGES, required=False
+    )
+
+    def validate_models(self, value):
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("each model may be named only once")
+        return value
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        if ("prompt" in attrs) == ("messages" in attrs):
+            raise InvalidRequest(
+                "Send either `prompt` (a completion) or `messages` (a chat), not both.",
+                param="prompt" if "prompt" in attrs else "messages",
+                code="invalid_value",
+            )
+        return attrs
+
+
+class AnalyzeRequestSerializer(StrictSerializer):
+    """A text to analyze, the tasks wanted (all by default) and the model or alias."""
+
+    text = serializers.CharField(max_length=MAX_ANALYZE_CHARS, trim_whitespace=False)
+    tasks = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(ANALYZE_TASKS)),
+        min_length=1,
+        required=False,
+        default=lambda: list(ANALYZE_TASKS),
+    )
+    model = serializers.CharField(max_length=128, required=False, default="auto")
+    user = serializers.CharField(max_length=256, required=False, allow_blank=True, default="")
+
+    def validate_text(self, value):
+        if not value.strip():
+            raise serializers.ValidationError("must not be blank")
+        return value
+
+    def validate_tasks(self, value):
+        # Duplicates are harmless; keep the canonical order for the schema and output.
+        return [task for task in ANALYZE_TASKS if task in value]

@@ -8,4 +8,7 @@ urlpatterns = [
     path("completions", api.CompletionView.as_view(), name="completions"),
     path("chat/completions", api.ChatCompletionView.as_view(), name="chat-completions"),
     path("embeddings", api.EmbeddingView.as_view(), name="embeddings"),
+    path("batch", api.BatchView.as_view(), name="batch"),
+    path("compare", api.CompareView.as_view(), name="compare"),
+    path("analyze", api.AnalyzeView.as_view(), name="analyze"),
 ]
