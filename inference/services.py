@@ -124,6 +124,18 @@ def _tokenize_prompt(engine: LlamaEngine, item: str | list[int], param: str) -> 
     return list(item)
 
 
+def _logit_bias(engine: LlamaEngine, bias: dict[int, float]) -> dict[int, float] | None:
+    bad = next((t for t in bias if not engine.valid_token(t)), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"Token id {bad} in logit_bias is outside this model's vocabulary "
+            f"(0..{engine.n_vocab - 1}).",
+            param="logit_bias",
+            code="invalid_value",
+        )
+    return bias or None
+
+
 def _max_tokens(
     model: LLMModel, prompt_len: int, requested: int | None, default: int | None, param: str
 ) -> int:
@@ -315,6 +327,7 @@ async def completion_create(
         _check_capacity(engine, n * len(prompts))
         await acct.reserve(model=model, max_completion_tokens=max_tokens * n * len(prompts))
         logprobs = data.get("logprobs")
+        bias = _logit_bias(engine, data["logit_bias"])
         choices: list[_Choice] = []
         prompt_texts: list[str] = []
         for p_index, tokens in enumerate(prompts):
@@ -330,6 +343,7 @@ async def completion_create(
                     presence_penalty=data["presence_penalty"],
                     frequency_penalty=data["frequency_penalty"],
                     logprobs=logprobs,
+                    logit_bias=bias,
                 )
                 choices.append(_Choice(p_index * n + c, _submit(engine, tokens, params)))
     except BaseException as exc:
@@ -431,6 +445,7 @@ async def chat_completion_create(
         acct.prompt_tokens = len(tokens)
         grammar = _json_grammar(data.get("response_format"))
         logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
+        bias = _logit_bias(engine, data["logit_bias"])
         _check_capacity(engine, data["n"])
         await acct.reserve(model=model, max_completion_tokens=max_tokens * data["n"])
         choices = []
@@ -445,6 +460,7 @@ async def chat_completion_create(
                 frequency_penalty=data["frequency_penalty"],
                 logprobs=logprobs,
                 grammar=grammar,
+                logit_bias=bias,
             )
             choices.append(_Choice(c, _submit(engine, tokens, params)))
     except BaseException as exc:
