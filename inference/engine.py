@@ -206,6 +206,7 @@ class _Sampler:
         bias = {int(t): float(b) for t, b in (params.logit_bias or {}).items()}
         self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
         self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+        self._bias_set = frozenset(bias)
         self.chain = None
         penalties = params.presence_penalty != 0 or params.frequency_penalty != 0
         if params.temperature <= 0 and not params.grammar and not penalties:
@@ -255,9 +256,16 @@ class _Sampler:
         if self.chain is not None:
             return self._lib.llama_sampler_sample(self.chain, ctx, row)
         logits = _logits_row(ctx, row, self._n_vocab)
-        if len(self._bias_ids):
-            logits = logits.copy()
-            logits[self._bias_ids] += self._bias_values
+        if not len(self._bias_ids):
+            return int(logits.argmax())
+        best = int(logits.argmax())
+        biased = logits[self._bias_ids] + self._bias_values
+        if best not in self._bias_set:
+            # Only a biased token can overtake the unbiased winner.
+            top = int(biased.argmax())
+            return int(self._bias_ids[top]) if biased[top] > logits[best] else best
+        logits = logits.copy()  # the winner itself is biased: rank everything again
+        logits[self._bias_ids] = biased
         return int(logits.argmax())
 
     def close(self) -> None:
