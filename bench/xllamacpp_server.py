@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--parallel", type=int, default=1, help="slots (requests decoded together)")
     args = parser.parse_args(argv)
 
     # Block the signals before the server starts its threads, so that they all
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     params.model.path = args.model
     params.n_ctx = args.n_ctx
     params.n_batch = args.n_batch
-    params.n_parallel = 1  # one slot: single-stream decode, like the other systems
+    params.n_parallel = args.parallel  # bench_decode: one slot, single-stream decode
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
     params.hostnames = [args.host]

@@ -1,11 +1,16 @@
-"""The llama.cpp engine: one per loaded model, owning its contexts in one thread.
+"""The llama.cpp engine: one per loaded model, owning its context in one thread.
 
 Callers never touch a llama.cpp context. They submit a job and get a handle;
-the engine's thread runs jobs one after another (so no two requests ever
-share a context at the same time, and a running stream is never cut off to
-serve another), pushing events into the handle. Async code iterates the
-handle with `async for`; sync code with `for`. Cancelling a handle makes the
-engine drop the job at its next decode step.
+the engine's thread runs a scheduler loop that decodes every active request in
+one `llama_decode` per step, each request on its own llama.cpp sequence id
+(its own KV cells), and pushes events into the handles. New requests join
+between steps; their prompts are prefilled in chunks alongside the other
+sequences' next tokens. Requests beyond `n_parallel` wait in a FIFO queue.
+A finished sequence's cells stay behind as a prefix cache entry (bounded,
+LRU) that a later prompt with the same beginning copies instead of
+evaluating again. Async code iterates a handle with `async for`; sync code
+with `for`. Cancelling a handle makes the engine drop the request at its next
+step and free its sequence.
 
 Nothing outside this module knows how many sequences are decoded at once.
 """
@@ -17,14 +22,15 @@ import codecs
 import contextlib
 import logging
 import math
-import queue
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 logger = logging.getLogger("llmsite.engine")
 
@@ -66,6 +72,7 @@ class SamplingParams:
     # None: no logprobs. k >= 0: the chosen token's logprob plus the top k alternatives.
     logprobs: int | None = None
     grammar: str | None = None
+    logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,131 @@ class _EmbedJob:
     handle: Handle
 
 
-_STOP = object()
+class _Sampler:
+    """One sequence's sampling state.
+
+    Plain greedy decoding (with or without logit_bias) takes the argmax in numpy;
+    anything else runs a llama.cpp sampler chain over the same logits row.
+    """
+
+    def __init__(self, engine: LlamaEngine, params: SamplingParams) -> None:
+        from llama_cpp import llama_cpp
+
+        self._lib = llama_cpp
+        self._n_vocab = engine.n_vocab
+        bias = {int(t): float(b) for t, b in (params.logit_bias or {}).items()}
+        self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+        self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+        self._bias_set = frozenset(bias)
+        self.chain = None
+        penalties = params.presence_penalty != 0 or params.frequency_penalty != 0
+        if params.temperature <= 0 and not params.grammar and not penalties:
+            return
+        lib = llama_cpp
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        self.chain = chain
+        if bias:
+            entries = (lib.llama_logit_bias * len(bias))(
+                *(lib.llama_logit_bias(t, b) for t, b in bias.items())
+            )
+            lib.llama_sampler_chain_add(
+                chain, lib.llama_sampler_init_logit_bias(self._n_vocab, len(bias), entries)
+            )
+        if penalties:
+            lib.llama_sampler_chain_add(
+                chain,
+                # The binding declares a leading n_vocab that llama.cpp no longer
+                # takes; ints and floats travel in separate registers, so the C
+                # side reads the first int as penalty_last_n: pass it twice.
+                lib.llama_sampler_init_penalties(
+                    engine.spec.n_ctx,
+                    engine.spec.n_ctx,
+                    1.0,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        if params.grammar:
+            grammar = lib.llama_sampler_init_grammar(
+                engine._vocab, params.grammar.encode("utf-8"), b"root"
+            )
+            if not grammar:
+                self.close()
+                raise EngineError("the grammar could not be parsed")
+            lib.llama_sampler_chain_add(chain, grammar)
+        if params.temperature <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
+        if params.top_p < 1.0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx, row: int) -> int:
+        if self.chain is not None:
+            return self._lib.llama_sampler_sample(self.chain, ctx, row)
+        logits = _logits_row(ctx, row, self._n_vocab)
+        if not len(self._bias_ids):
+            return int(logits.argmax())
+        best = int(logits.argmax())
+        biased = logits[self._bias_ids] + self._bias_values
+        if best not in self._bias_set:
+            # Only a biased token can overtake the unbiased winner.
+            top = int(biased.argmax())
+            return int(self._bias_ids[top]) if biased[top] > logits[best] else best
+        logits = logits.copy()  # the winner itself is biased: rank everything again
+        logits[self._bias_ids] = biased
+        return int(logits.argmax())
+
+    def close(self) -> None:
+        if self.chain is not None:
+            self._lib.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+def _logits_row(ctx, row: int, n_vocab: int):
+    from llama_cpp import llama_cpp
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(n_vocab,))
+
+
+@dataclass(eq=False)
+class _Seq:
+    """A request being decoded: one llama.cpp sequence id, its own KV cells and sampler."""
+
+    job: _GenerateJob
+    seq_id: int
+    sampler: _Sampler
+    tokens: list[int]  # the prompt, then every sampled token
+    n_past: int = 0  # how many of `tokens` are in the KV cells
+    row: int = -1  # this step's logits row in the batch, or -1
+    leader: _Seq | None = None  # n>1: a sequence whose prompt KV this one will copy
+    followers: list[_Seq] = field(default_factory=list)
+    completion_tokens: int = 0
+    unsent: int = 0  # tokens generated but not yet part of an emitted delta
+    held: str = ""  # text withheld because it may be the start of a stop string
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.job.prompt_tokens)
+
+
+@dataclass(eq=False)
+class _CacheEntry:
+    seq_id: int
+    tokens: list[int]
+
+
+# Reusing fewer cached tokens than this is not worth a cache slot's copy.
+_MIN_PREFIX = 8
+# While other sequences decode, a step prefills at most this many prompt tokens,
+# so that a long prompt delays their next token by one short step, not one long one.
+_PREFILL_CHUNK = 256
 
 
 def check_gguf(path: Path) -> None:
@@ -205,16 +336,40 @@ def check_gguf(path: Path) -> None:
 class LlamaEngine:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self._jobs: queue.Queue = queue.Queue()
+        self.n_parallel = max(1, spec.n_parallel)
+        # A finished sequence's cells stay in the prefix cache: one cache slot per
+        # parallel sequence, each its own llama.cpp sequence id (and KV stream).
+        self.n_cache = self.n_parallel
+        self._cond = threading.Condition()
+        self._waiting: deque[_GenerateJob | _EmbedJob] = deque()
+        self._closing = False
         self._ready = threading.Event()
         self._load_error: ModelLoadError | None = None
         self._llm = None
+        self._ctx = None
+        self._mem = None
+        self._batch = None
         self._embedder = None
         self._vocab = None
-        self._queued = 0
+        self._pieces: dict[int, bytes] = {}
+        self._active: list[_Seq] = []
+        self._free_ids: list[int] = []
+        self._cache: OrderedDict[int, _CacheEntry] = OrderedDict()  # LRU first
+        self._n_swa = 0
         self._in_flight = 0
-        self._count_lock = threading.Lock()
-        self._closed = False
+        self._counters = dict.fromkeys(
+            (
+                "prefix_cache_hits",
+                "prefix_cache_misses",
+                "prompt_tokens_evaluated",
+                "prompt_tokens_reused",
+                "tokens_generated",
+                "decode_steps",
+                "embedding_batches",
+            ),
+            0,
+        )
+        self._snapshot = {"kv_cells_used": 0, "kv_cells_active": 0, "kv_cells_cached": 0}
         self.loaded_at: float | None = None
         self.n_vocab = 0
         self.n_embd = 0
@@ -241,20 +396,34 @@ class LlamaEngine:
 
     def close(self, timeout: float = 30) -> None:
         """Finish every job already queued, then free the contexts."""
-        with self._count_lock:
-            # Under the lock that guards _enqueue: no job can land behind _STOP.
-            self._closed = True
-            self._jobs.put(_STOP)
+        with self._cond:
+            # Under the lock that guards _enqueue: no job can land after this.
+            self._closing = True
+            self._cond.notify_all()
         self._thread.join(timeout)
 
-    # -- stats (for routing and /ready) -------------------------------------
+    # -- stats (for routing, /ready and /metrics) -----------------------------
     @property
     def queue_depth(self) -> int:
-        return self._queued
+        return len(self._waiting)
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def stats(self) -> dict[str, int]:
+        """Plain numbers: load, KV cells, prefix cache and token counters."""
+        with self._cond:
+            return {
+                "queue_depth": len(self._waiting),
+                "in_flight": self._in_flight,
+                "active_sequences": self._in_flight,
+                "n_parallel": self.n_parallel,
+                "n_ctx_per_sequence": self.spec.n_ctx,
+                "prefix_cache_entries": len(self._cache),
+                **self._snapshot,
+                **self._counters,
+            }
 
     # -- tokenizer ------------------------------------------------------------
     # The vocabulary is read-only once loaded, so tokenizing from request
@@ -284,13 +453,13 @@ class LlamaEngine:
         return handle
 
     def _enqueue(self, job) -> None:
-        with self._count_lock:
-            if self._closed:
+        with self._cond:
+            if self._closing:
                 raise EngineClosed(f"model {self.spec.model_id} was unloaded")
-            self._queued += 1
-            self._jobs.put(job)
+            self._waiting.append(job)
+            self._cond.notify_all()
 
-    # -- the engine thread ----------------------------------------------------
+    # -- the engine thread: the scheduler loop ----------------------------------
     def _run(self) -> None:
         try:
             self._load()
@@ -299,31 +468,71 @@ class LlamaEngine:
             logger.error("model %s failed to load: %s", self.spec.model_id, exc)
         finally:
             self._ready.set()
-        while True:
-            job = self._jobs.get()
-            if job is _STOP:
-                break
-            with self._count_lock:
-                self._queued -= 1
-                self._in_flight += 1
-            try:
-                if self._load_error is not None:
-                    job.handle.emit(self._load_error)
-                elif job.handle.cancelled:
-                    job.handle.emit(
-                        Finished("cancelled", len(getattr(job, "prompt_tokens", [])), 0)
-                    )
-                elif isinstance(job, _GenerateJob):
-                    self._generate(job)
-                else:
-                    self._embed(job)
-            except Exception as exc:
-                logger.exception("engine %s failed a job", self.spec.model_id)
-                job.handle.emit(EngineError(str(exc)))
-            finally:
-                with self._count_lock:
-                    self._in_flight -= 1
-        self._free()
+        try:
+            while True:
+                with self._cond:
+                    while not self._waiting and not self._active and not self._closing:
+                        self._cond.wait()
+                    if self._closing and not self._waiting and not self._active:
+                        break
+                    jobs = self._take_jobs()
+                    self._in_flight += sum(isinstance(j, _GenerateJob) for j in jobs)
+                self._start(jobs)
+                if self._active:
+                    try:
+                        self._step()
+                    except Exception as exc:
+                        logger.exception("engine %s failed a step", self.spec.model_id)
+                        self._fail_active(exc)
+                self._snapshot_cells()
+        finally:
+            self._free()
+
+    def _take_jobs(self) -> list[_GenerateJob | _EmbedJob]:
+        """The jobs to start now: FIFO, as many generations as free sequences allow.
+
+        Embedding jobs need no sequence and never wait behind generations; a
+        cancelled job leaves the queue wherever it stands.
+        """
+        taken = []
+        room = self.n_parallel - len(self._active)
+        kept: deque = deque()
+        for job in self._waiting:
+            if isinstance(job, _EmbedJob) or job.handle.cancelled or self._load_error:
+                taken.append(job)
+            elif room > 0:
+                taken.append(job)
+                room -= 1
+            else:
+                kept.append(job)
+        self._waiting = kept
+        return taken
+
+    def _start(self, jobs: list[_GenerateJob | _EmbedJob]) -> None:
+        embeds = []
+        for job in jobs:
+            if self._load_error is not None:
+                job.handle.emit(self._load_error)
+                self._leave(job)
+            elif job.handle.cancelled:
+                job.handle.emit(Finished("cancelled", len(getattr(job, "prompt_tokens", [])), 0))
+                self._leave(job)
+            elif isinstance(job, _EmbedJob):
+                embeds.append(job)
+            else:
+                try:
+                    self._admit(job)
+                except Exception as exc:
+                    logger.exception("engine %s could not start a job", self.spec.model_id)
+                    job.handle.emit(exc if isinstance(exc, EngineError) else EngineError(str(exc)))
+                    self._leave(job)
+        if embeds:
+            self._embed(embeds)
+
+    def _leave(self, job) -> None:
+        if isinstance(job, _GenerateJob):
+            with self._cond:
+                self._in_flight -= 1
 
     def _load(self) -> None:
         check_gguf(self.spec.path)
@@ -331,119 +540,323 @@ class LlamaEngine:
 
         started = time.monotonic()
         try:
+            # The Llama object holds the weights and the tokenizer; its own context
+            # is kept tiny. Generation runs on a context of our own with one KV
+            # stream per sequence id.
             self._llm = Llama(
                 model_path=str(self.spec.path),
-                n_ctx=self.spec.n_ctx,
-                n_batch=self.spec.n_batch,
+                n_ctx=16,
+                n_batch=16,
                 n_threads=self.spec.n_threads,
                 n_threads_batch=self.spec.n_threads,
                 verbose=False,
             )
         except Exception as exc:  # llama.cpp reports a bad file as a ValueError
             raise ModelLoadError(f"llama.cpp could not load {self.spec.path}: {exc}") from exc
+        model = self._llm._model.model
+        n_seq = self.n_parallel + self.n_cache
+        self._batch_size = max(self.spec.n_batch, self.n_parallel)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.spec.n_ctx * n_seq
+        params.n_batch = self._batch_size
+        params.n_ubatch = self._batch_size
+        params.n_seq_max = n_seq
+        params.n_threads = params.n_threads_batch = self.spec.n_threads
+        # One stream per sequence: a sequence attends over its own cells only,
+        # and its numbers do not depend on where other sequences' cells lie.
+        params.kv_unified = False
+        # Without flash attention, a sequence's logits do not depend on which
+        # other sequences share its batch (measured: bit for bit), so greedy
+        # output is the same alone or under load.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(model, params)
+        if not self._ctx:
+            self._llm.close()
+            raise ModelLoadError(f"llama.cpp could not create a context for {self.spec.path}")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
+        self._free_ids = list(range(n_seq - 1, -1, -1))
+        self._n_swa = llama_cpp.llama_model_n_swa(model)
         self._vocab = self._llm._model.vocab
-        self._is_eog = llama_cpp.llama_vocab_is_eog
-        self._get_logits_ith = llama_cpp.llama_get_logits_ith
+        self._lib = llama_cpp
         self.n_vocab = self._llm.n_vocab()
         self.n_embd = self._llm.n_embd()
         self.loaded_at = time.time()
         logger.info(
-            "loaded %s from %s in %.2fs (n_ctx=%d, threads=%d)",
+            "loaded %s from %s in %.2fs (n_ctx=%d per sequence, n_parallel=%d, threads=%d)",
             self.spec.model_id,
             self.spec.path,
             time.monotonic() - started,
             self.spec.n_ctx,
+            self.n_parallel,
             self.spec.n_threads,
         )
 
     def _free(self) -> None:
+        for seq in list(self._active):
+            seq.job.handle.emit(EngineClosed(f"model {self.spec.model_id} was unloaded"))
+            seq.sampler.close()
+        self._active.clear()
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            self._lib.llama_free(self._ctx)
+            self._ctx = self._mem = None
         for llm in (self._llm, self._embedder):
             if llm is not None:
                 with contextlib.suppress(Exception):
                     llm.close()
         self._llm = self._embedder = None
 
-    # -- generation -------------------------------------------------------------
-    def _generate(self, job: _GenerateJob) -> None:
-        llm = self._llm
-        params = job.params
-        handle = job.handle
-        grammar = None
-        if params.grammar:
-            from llama_cpp import LlamaGrammar
-
-            grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
-        seed = params.seed if params.seed is not None else random.getrandbits(32)
-        llm.set_seed(seed & 0xFFFFFFFF)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = tuple(s for s in params.stop if s)
-        held = ""  # text withheld because it may be the start of a stop string
-        pending_logprobs: list[TokenLogprob] = []
-        completion_tokens = 0
-        unsent = 0  # tokens generated but not yet part of an emitted delta
-        finish = "length"
-        handle.started.set()
-        # Evaluate the whole prompt every time. Reusing a cached prefix would
-        # re-decode the prompt's last token in a batch of one, whose logits
-        # differ in the last bits from the full batch: greedy output would then
-        # depend on what ran before, and `temperature: 0` must be repeatable.
-        llm.reset()
-        tokens = llm.generate(
-            job.prompt_tokens,
-            reset=False,
-            top_k=0,
-            top_p=params.top_p,
-            min_p=0.0,
-            typical_p=1.0,
-            temp=params.temperature,
-            repeat_penalty=1.0,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-            grammar=grammar,
+    # -- admission: sequence ids, n>1 sharing and the prefix cache ----------------
+    def _admit(self, job: _GenerateJob) -> None:
+        prompt = job.prompt_tokens
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) >= self.spec.n_ctx:
+            raise EngineError(f"the prompt does not fit the context ({self.spec.n_ctx} tokens)")
+        sampler = _Sampler(self, job.params)
+        seq = _Seq(job, self._seq_id(), sampler, list(prompt))
+        self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        job.handle.started.set()
+        # The same prompt already being prefilled (n>1, or identical requests):
+        # wait for its KV and copy it rather than compute it again.
+        leader = next(
+            (
+                s
+                for s in self._active
+                if s.leader is None and s.completion_tokens == 0 and s.tokens == prompt
+            ),
+            None,
         )
-        try:
-            for token in tokens:
-                # Checked once per decoded token: a cancelled request leaves
-                # within one decode step.
-                if handle.cancelled:
-                    finish = "cancelled"
-                    break
-                if self._is_eog(self._vocab, token):
-                    finish = "stop"
-                    break
-                completion_tokens += 1
-                unsent += 1
-                piece_bytes = llm.detokenize([token])
-                if params.logprobs is not None:
-                    pending_logprobs.append(
-                        self._token_logprob(token, piece_bytes, params.logprobs)
-                    )
-                text = held + decoder.decode(piece_bytes)
-                emit, held, stopped = _split_stop(text, stops)
-                if emit or (pending_logprobs and not held):
-                    handle.emit(TextDelta(emit, pending_logprobs, unsent))
-                    pending_logprobs = []
-                    unsent = 0
-                if stopped:
-                    finish = "stop"
-                    break
-                if completion_tokens >= params.max_tokens:
-                    break
-        finally:
-            tokens.close()
-        if finish != "cancelled":
-            tail = held + decoder.decode(b"", final=True)
-            if tail or pending_logprobs or unsent:
-                handle.emit(TextDelta(tail, pending_logprobs, unsent))
-        handle.emit(Finished(finish, len(job.prompt_tokens), completion_tokens))
+        if leader is not None:
+            seq.leader = leader
+            leader.followers.append(seq)
+        else:
+            self._reuse_prefix(seq)
+        self._active.append(seq)
 
-    def _token_logprob(self, token: int, piece: bytes, top_n: int) -> TokenLogprob:
-        import numpy as np
+    def _seq_id(self) -> int:
+        if not self._free_ids:
+            self._evict()
+        return self._free_ids.pop()
 
-        # The logits that produced `token` are still the context's last output:
-        # the generator evaluates the token only when asked for the next one.
-        ptr = self._get_logits_ith(self._llm._ctx.ctx, -1)
-        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+    def _evict(self) -> None:
+        _, entry = self._cache.popitem(last=False)
+        self._lib.llama_memory_seq_rm(self._mem, entry.seq_id, -1, -1)
+        self._free_ids.append(entry.seq_id)
+
+    def _reuse_prefix(self, seq: _Seq) -> None:
+        """Start `seq` from the cached sequence sharing the longest prefix with its prompt."""
+        prompt = seq.tokens
+        best, best_len = None, 0
+        for entry in self._cache.values():
+            n = _common_prefix(entry.tokens, prompt)
+            if n > best_len:
+                best, best_len = entry, n
+        # At least the last prompt token is evaluated again: its logits pick the
+        # first token, and a repeated prompt then follows the same computation.
+        reuse = min(best_len, len(prompt) - 1)
+        if best is None or reuse < _MIN_PREFIX or not self._window_intact(best, reuse):
+            self._counters["prefix_cache_misses"] += 1
+            return
+        lib = self._lib
+        lib.llama_memory_seq_cp(self._mem, best.seq_id, seq.seq_id, -1, -1)
+        if not lib.llama_memory_seq_rm(self._mem, seq.seq_id, reuse, -1):
+            lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+            self._counters["prefix_cache_misses"] += 1
+            return
+        self._cache.move_to_end(best.seq_id)
+        seq.n_past = reuse
+        self._counters["prefix_cache_hits"] += 1
+        self._counters["prompt_tokens_reused"] += reuse
+
+    def _window_intact(self, entry: _CacheEntry, reuse: int) -> bool:
+        # A sliding-window layer keeps only the last n_swa positions of a
+        # sequence: continuing at `reuse` needs the window before it.
+        if self._n_swa <= 0:
+            return True
+        pos_min = self._lib.llama_memory_seq_pos_min(self._mem, entry.seq_id)
+        return pos_min <= max(0, reuse - self._n_swa)
+
+    def _retire(self, seq: _Seq) -> None:
+        """Free a finished sequence; its KV cells become a prefix cache entry."""
+        seq.sampler.close()
+        self._active.remove(seq)
+        if seq.followers:
+            # The leader left before its prompt was evaluated: its first
+            # follower starts over and leads the others.
+            new_leader, *rest = seq.followers
+            new_leader.leader = None
+            new_leader.followers = rest
+            for follower in rest:
+                follower.leader = new_leader
+            self._reuse_prefix(new_leader)
+        if seq.leader is not None:
+            seq.leader.followers.remove(seq)
+        self._leave(seq.job)
+        kept = seq.tokens[: seq.n_past]
+        if seq.leader is not None or len(kept) < _MIN_PREFIX:
+            self._release(seq.seq_id)
+            return
+        for entry in list(self._cache.values()):
+            if _common_prefix(entry.tokens, kept) == len(entry.tokens):
+                # The new entry covers the old one.
+                del self._cache[entry.seq_id]
+                self._release(entry.seq_id)
+        self._cache[seq.seq_id] = _CacheEntry(seq.seq_id, kept)
+        while len(self._cache) > self.n_cache:
+            self._evict()
+
+    def _release(self, seq_id: int) -> None:
+        self._lib.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+        self._free_ids.append(seq_id)
+
+    # -- one decode step for every active sequence ---------------------------------
+    def _step(self) -> None:
+        lib = self._lib
+        for seq in [s for s in self._active if s.job.handle.cancelled]:
+            self._finish(seq, "cancelled")
+        if not self._active:
+            return
+        batch = self._batch
+        n = 0
+        rows: list[_Seq] = []
+        chunks: list[tuple[_Seq, int]] = []
+
+        def add(seq: _Seq, start: int, count: int, logits: bool) -> None:
+            nonlocal n
+            sid = seq.seq_id
+            for i in range(count):
+                batch.token[n] = seq.tokens[start + i]
+                batch.pos[n] = start + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = sid
+                batch.logits[n] = 0
+                n += 1
+            if logits:
+                batch.logits[n - 1] = 1
+
+        # Sequences one token away from their next logits go first: a
+        # generated token, or a prompt's last token (always evaluated on its
+        # own, like a generated one, so that a prompt gives the same logits
+        # whether its prefix was cached or computed).
+        for seq in self._active:
+            seq.row = -1
+            if seq.leader is None and seq.n_past == len(seq.tokens) - 1:
+                add(seq, seq.n_past, 1, True)
+                seq.row = n - 1
+                rows.append(seq)
+        budget = self._batch_size - n
+        if rows:
+            budget = min(budget, _PREFILL_CHUNK)
+        for seq in self._active:
+            if budget <= 0:
+                break
+            remaining = len(seq.tokens) - 1 - seq.n_past
+            if seq.leader is None and remaining > 0:
+                take = min(budget, remaining)
+                add(seq, seq.n_past, take, False)
+                chunks.append((seq, take))
+                budget -= take
+        if n == 0:
+            return
+        batch.n_tokens = n
+        status = lib.llama_decode(self._ctx, batch)
+        self._counters["decode_steps"] += 1
+        if status != 0:
+            raise EngineError(f"llama_decode failed ({status})")
+        for seq, take in chunks:
+            seq.n_past += take
+            self._counters["prompt_tokens_evaluated"] += take
+        for seq in rows:
+            if seq.completion_tokens == 0:
+                self._counters["prompt_tokens_evaluated"] += 1
+            seq.n_past += 1
+            for follower in list(seq.followers):
+                # n>1: copy the prompt's cells, and sample from the same logits.
+                lib.llama_memory_seq_cp(self._mem, seq.seq_id, follower.seq_id, -1, -1)
+                follower.n_past = seq.n_past
+                follower.leader = None
+                self._counters["prompt_tokens_reused"] += seq.n_past
+                self._sample(follower, seq.row)
+            seq.followers.clear()
+            self._sample(seq, seq.row)
+
+    def _fail_active(self, exc: Exception) -> None:
+        for seq in list(self._active):
+            if seq in self._active:
+                seq.job.handle.emit(EngineError(str(exc)))
+                self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+                seq.n_past = 0
+                self._retire(seq)
+
+    def _sample(self, seq: _Seq, row: int) -> None:
+        token = seq.sampler.sample(self._ctx, row)
+        if self._lib.llama_vocab_is_eog(self._vocab, token):
+            self._finish(seq, "stop")
+            return
+        params = seq.job.params
+        handle = seq.job.handle
+        seq.tokens.append(token)
+        seq.completion_tokens += 1
+        seq.unsent += 1
+        self._counters["tokens_generated"] += 1
+        piece = self._piece(token)
+        if params.logprobs is not None:
+            seq.pending_logprobs.append(self._token_logprob(token, piece, params.logprobs, row))
+        text = seq.held + seq.decoder.decode(piece)
+        emit, seq.held, stopped = _split_stop(text, tuple(s for s in params.stop if s))
+        if emit or (seq.pending_logprobs and not seq.held):
+            handle.emit(TextDelta(emit, seq.pending_logprobs, seq.unsent))
+            seq.pending_logprobs = []
+            seq.unsent = 0
+        if stopped:
+            self._finish(seq, "stop")
+        elif seq.completion_tokens >= params.max_tokens or len(seq.tokens) >= self.spec.n_ctx:
+            self._finish(seq, "length")
+
+    def _finish(self, seq: _Seq, reason: str) -> None:
+        handle = seq.job.handle
+        if reason != "cancelled":
+            tail = seq.held + seq.decoder.decode(b"", final=True)
+            if tail or seq.pending_logprobs or seq.unsent:
+                handle.emit(TextDelta(tail, seq.pending_logprobs, seq.unsent))
+        # Freed before the caller hears of the end: stats() read after a
+        # request finished no longer counts its sequence.
+        self._retire(seq)
+        self._snapshot_cells()
+        handle.emit(Finished(reason, seq.prompt_len, seq.completion_tokens))
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._llm.detokenize([token])
+        return piece
+
+    def _snapshot_cells(self) -> None:
+        """Cells held per llama.cpp itself, read here: only this thread may touch the context."""
+        if self._mem is None:
+            return
+        lib = self._lib
+
+        def cells(seq_id: int) -> int:
+            return lib.llama_memory_seq_pos_max(self._mem, seq_id) + 1
+
+        active = sum(cells(s.seq_id) for s in self._active)
+        cached = sum(cells(e.seq_id) for e in self._cache.values())
+        free = sum(cells(i) for i in self._free_ids)
+        with self._cond:
+            self._snapshot = {
+                "kv_cells_used": active + cached + free,
+                "kv_cells_active": active,
+                "kv_cells_cached": cached,
+            }
+
+    def _token_logprob(self, token: int, piece: bytes, top_n: int, row: int) -> TokenLogprob:
+        logits = _logits_row(self._ctx, row, self.n_vocab).astype(np.float64)
         peak = logits.max()
         logsumexp = peak + math.log(np.exp(logits - peak).sum())
         chosen = float(logits[token] - logsumexp)
@@ -452,7 +865,7 @@ class LlamaEngine:
             ids = np.argpartition(-logits, top_n)[:top_n]
             ids = ids[np.argsort(-logits[ids])]
             for tid in ids:
-                raw = self._llm.detokenize([int(tid)])
+                raw = self._piece(int(tid))
                 top.append(
                     (
                         raw.decode("utf-8", errors="replace"),
@@ -463,8 +876,16 @@ class LlamaEngine:
         return TokenLogprob(piece.decode("utf-8", errors="replace"), list(piece), chosen, top)
 
     # -- embeddings ---------------------------------------------------------------
-    def _embed(self, job: _EmbedJob) -> None:
-        import numpy as np
+    def _embed(self, jobs: list[_EmbedJob]) -> None:
+        """Every queued embedding job at once: inputs of several requests share batches."""
+        try:
+            self._embed_batches(jobs)
+        except Exception as exc:
+            logger.exception("engine %s failed an embedding batch", self.spec.model_id)
+            for job in jobs:
+                job.handle.emit(EngineError(str(exc)))
+
+    def _embed_batches(self, jobs: list[_EmbedJob]) -> None:
         from llama_cpp import Llama, llama_cpp
 
         if self._embedder is None:
@@ -484,6 +905,7 @@ class LlamaEngine:
         emb = self._embedder
         n_batch = emb.n_batch
         n_seq_max = emb.context_params.n_seq_max
+        inputs = [tokens for job in jobs for tokens in job.inputs]
         vectors: list[list[float]] = []
         batch: list[list[int]] = []
         batch_tokens = 0
@@ -496,6 +918,7 @@ class LlamaEngine:
                 emb._batch.add_sequence(tokens, seq_id, True)
             emb._ctx.kv_cache_clear()
             emb._ctx.decode(emb._batch)
+            self._counters["embedding_batches"] += 1
             for seq_id in range(len(batch)):
                 ptr = llama_cpp.llama_get_embeddings_seq(emb._ctx.ctx, seq_id)
                 vec = np.array(ptr[: self.n_embd], dtype=np.float64)
@@ -504,10 +927,7 @@ class LlamaEngine:
             emb._batch.reset()
             batch.clear()
 
-        for tokens in job.inputs:
-            if job.handle.cancelled:
-                job.handle.emit(Finished("cancelled", 0, 0))
-                return
+        for tokens in inputs:
             if batch_tokens + len(tokens) > n_batch or len(batch) >= n_seq_max:
                 flush()
                 batch_tokens = 0
@@ -515,7 +935,26 @@ class LlamaEngine:
             batch_tokens += len(tokens)
         flush()
         emb._ctx.kv_cache_clear()
-        job.handle.emit(EmbeddingResult(vectors, sum(len(t) for t in job.inputs)))
+        start = 0
+        for job in jobs:
+            count = len(job.inputs)
+            if job.handle.cancelled:
+                job.handle.emit(Finished("cancelled", 0, 0))
+            else:
+                job.handle.emit(
+                    EmbeddingResult(vectors[start : start + count], sum(len(t) for t in job.inputs))
+                )
+            start += count
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    x = np.asarray(a[:n])
+    y = np.asarray(b[:n])
+    diff = np.flatnonzero(x != y)
+    return int(diff[0]) if len(diff) else n
 
 
 def _split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:

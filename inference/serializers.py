@@ -18,12 +18,12 @@ MAX_STOP = 4
 MAX_STOP_LEN = 256
 MAX_MESSAGES = 512
 MAX_N = 8
+MAX_LOGIT_BIAS = 300
 
 # OpenAI parameters llmsite knows about but does not implement (yet).
 UNSUPPORTED = {
     "best_of",
     "suffix",
-    "logit_bias",
     "tools",
     "tool_choice",
     "functions",
@@ -136,6 +136,40 @@ class StopField(serializers.Field):
         return value
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        "maxProperties": MAX_LOGIT_BIAS,
+    }
+)
+class LogitBiasField(serializers.Field):
+    """OpenAI's `{"token id": bias}` map, normalised to `{int: float}`."""
+
+    def to_internal_value(self, data):
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("must be an object mapping token ids to biases")
+        if len(data) > MAX_LOGIT_BIAS:
+            raise serializers.ValidationError(f"at most {MAX_LOGIT_BIAS} entries are accepted")
+        out: dict[int, float] = {}
+        for key, value in data.items():
+            try:
+                token = int(key)
+            except (TypeError, ValueError):
+                raise serializers.ValidationError(f"{key!r} is not a token id") from None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise serializers.ValidationError(f"the bias for {key} must be a number")
+            if not -100 <= value <= 100:
+                raise serializers.ValidationError(f"the bias for {key} must be in [-100, 100]")
+            out[token] = float(value)
+        return out
+
+    def to_representation(self, value):
+        return value
+
+
 class StreamOptionsSerializer(StrictSerializer):
     include_usage = serializers.BooleanField(required=False, default=False)
 
@@ -160,6 +194,7 @@ class SamplingSerializer(StrictSerializer):
     frequency_penalty = serializers.FloatField(
         min_value=-2, max_value=2, required=False, allow_null=True, default=0.0
     )
+    logit_bias = LogitBiasField(required=False, allow_null=True, default=dict)
     stream = serializers.BooleanField(required=False, allow_null=True, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True, default=None)
     user = serializers.CharField(
@@ -176,6 +211,7 @@ class SamplingSerializer(StrictSerializer):
             "stream": False,
             "user": "",
             "stop": [],
+            "logit_bias": {},
         }
         for name, value in defaults.items():
             if attrs.get(name) is None:

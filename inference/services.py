@@ -254,6 +254,18 @@ def _tokenize_prompt(engine: LlamaEngine, item: str | list[int], param: str) -> 
     return list(item)
 
 
+def _logit_bias(engine: LlamaEngine, bias: dict[int, float]) -> dict[int, float] | None:
+    bad = next((t for t in bias if not engine.valid_token(t)), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"Token id {bad} in logit_bias is outside this model's vocabulary "
+            f"(0..{engine.n_vocab - 1}).",
+            param="logit_bias",
+            code="invalid_value",
+        )
+    return bias or None
+
+
 def _max_tokens(
     model: LLMModel, prompt_len: int, requested: int | None, default: int | None, param: str
 ) -> int:
@@ -485,6 +497,7 @@ async def _completion_local(model: LLMModel, data: dict, acct: Accounting, attem
     )
     acct.prompt_tokens = sum(len(tokens) for tokens in prompts)
     n = data["n"]
+    bias = _logit_bias(engine, data["logit_bias"])
     _check_capacity(engine, n * len(prompts))
     await _reserve(acct, model, max_tokens * n * len(prompts))
     logprobs = data.get("logprobs")
@@ -503,6 +516,7 @@ async def _completion_local(model: LLMModel, data: dict, acct: Accounting, attem
                 presence_penalty=data["presence_penalty"],
                 frequency_penalty=data["frequency_penalty"],
                 logprobs=logprobs,
+                logit_bias=bias,
             )
             jobs.append((tokens, params))
     handles = await _submit_all(model, engine, jobs)
@@ -616,6 +630,7 @@ async def _chat_local(model: LLMModel, data: dict, acct: Accounting, attempt: _A
     acct.prompt_tokens = len(tokens)
     grammar = _json_grammar(data.get("response_format"))
     logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
+    bias = _logit_bias(engine, data["logit_bias"])
     _check_capacity(engine, data["n"])
     await _reserve(acct, model, max_tokens * data["n"])
     jobs = []
@@ -630,6 +645,7 @@ async def _chat_local(model: LLMModel, data: dict, acct: Accounting, attempt: _A
             frequency_penalty=data["frequency_penalty"],
             logprobs=logprobs,
             grammar=grammar,
+            logit_bias=bias,
         )
         jobs.append((tokens, params))
     handles = await _submit_all(model, engine, jobs)

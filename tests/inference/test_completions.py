@@ -167,12 +167,31 @@ def test_out_of_range_values_are_400_naming_the_param(client, field, value):
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("field", ["best_of", "suffix", "logit_bias"])
+@pytest.mark.parametrize("field", ["best_of", "suffix"])
 def test_unsupported_parameters_are_400_naming_them(client, field):
     r = post(client, prompt="hi", **{field: 2 if field == "best_of" else "x"})
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["param"] == field and field in err["message"]
+
+
+def test_logit_bias_bans_a_token(client):
+    prompt = "Count: one, two, three, four,"
+    (comma,) = registry.engine_for(LLMModel.objects.get(model_id="gemma-3-270m")).tokenize(
+        ",", add_bos=False
+    )
+    free = post(client, prompt=prompt, max_tokens=8, temperature=0).json()["choices"][0]["text"]
+    assert "," in free
+    r = post(client, prompt=prompt, max_tokens=8, temperature=0, logit_bias={str(comma): -100})
+    assert r.status_code == 200, r.content
+    assert "," not in r.json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("bias", ["x", {"abc": 1}, {"5": 101}, {"5": "high"}, {"999999999": 1}])
+def test_invalid_logit_bias_is_400(client, bias):
+    r = post(client, prompt="hi", logit_bias=bias)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "logit_bias"
 
 
 def test_unknown_parameter_is_400(client):

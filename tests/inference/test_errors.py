@@ -87,10 +87,10 @@ def test_engine_failure_is_500_without_internals(client, gemma, monkeypatch):
 
     engine = registry.engine_for(gemma)
 
-    def explode(job):
+    def explode():
         raise RuntimeError("llama_decode returned -3 at /secret/path")
 
-    monkeypatch.setattr(engine, "_generate", explode)
+    monkeypatch.setattr(engine, "_step", explode)
     r = client.post("/v1/completions", {"model": "gemma-3-270m", "prompt": "x"}, format="json")
     assert r.status_code == 500
     err = r.json()["error"]

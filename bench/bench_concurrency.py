@@ -1,0 +1,425 @@
+"""Aggregate throughput under concurrent streaming clients: llmsite against its peers.
+
+One run, one model, one thread count, one system at a time:
+
+  llmsite           daphne + Django with API-key auth, quotas, prices and usage records on
+  llama-server      llama.cpp's C++ server from the xllamacpp wheel, same slot count
+  llama_cpp.server  llama-cpp-python's own server (one request at a time)
+
+For each client count (1, 4, 8, 16 by default) every system gets one uncounted
+warm-up round, then --rounds rounds in which that many clients each stream one
+/v1/completions request at once: a distinct prompt per client, temperature 0,
+--max-tokens tokens with the end-of-turn tokens banned through logit_bias, so
+every request runs to max_tokens. A token is one streamed SSE event with text.
+
+  aggregate tok/s = tokens of all clients / (last client done - first client start)
+  TTFT            = first token - that client's request start (median and p99 over
+                    every request of the measured rounds)
+
+The median aggregate over rounds is reported, with llmsite's ratio to each peer.
+
+    .venv/bin/python bench/bench_concurrency.py [--clients 1,4,8,16] [--rounds 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench_decode import (
+    BIN,
+    LLMSITE_MODEL,
+    N_CTX,
+    BenchError,
+    CpuWatch,
+    _exit_on_signal,
+    first_model_id,
+    free_port,
+    http_client,
+    log,
+    manage,
+    prepare_model,
+    server_process,
+    wait_until_ready,
+)
+
+LLMSITE = "llmsite"
+LLAMA_SERVER = "llama-server"
+LLAMA_CPP_SERVER = "llama_cpp.server"
+SUBJECTS = [
+    "a lighthouse keeper", "a clockmaker", "a dragon", "a sailor", "a baker",
+    "a violinist", "a fox", "a mountain village", "a robot", "a gardener",
+    "a detective", "an astronaut", "a painter", "a river", "a librarian", "a wolf",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Config:
+    model_path: Path
+    clients: list[int]
+    rounds: int
+    max_tokens: int
+    threads: int
+    slots: int
+    ban: dict[str, float]  # logit_bias that keeps every request going to max_tokens
+
+
+@dataclass
+class Level:
+    clients: int
+    aggregate: list[float] = field(default_factory=list)  # tok/s, one per round
+    ttft: list[float] = field(default_factory=list)  # seconds, every request
+    tokens: list[int] = field(default_factory=list)  # per request
+
+    @property
+    def tps(self) -> float:
+        return statistics.median(self.aggregate) if self.aggregate else math.nan
+
+    @property
+    def ttft_median_ms(self) -> float:
+        return statistics.median(self.ttft) * 1000 if self.ttft else math.nan
+
+    @property
+    def ttft_p99_ms(self) -> float:
+        if not self.ttft:
+            return math.nan
+        ordered = sorted(self.ttft)
+        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)] * 1000
+
+
+@dataclass
+class SystemResult:
+    name: str
+    levels: dict[int, Level] = field(default_factory=dict)
+    error: str | None = None
+    other_cpu: float = math.nan
+
+
+def prompt_for(i: int) -> str:
+    return f"Write a long story about {SUBJECTS[i % len(SUBJECTS)]}."
+
+
+def stream_one(
+    client: httpx.Client, url: str, payload: dict, headers: dict
+) -> tuple[float, float, int]:
+    """(start, first token, tokens) of one streamed completion."""
+    start = time.perf_counter()
+    first = math.nan
+    tokens = 0
+    with client.stream("POST", url, json=payload, headers=headers) as response:
+        if response.status_code != 200:
+            response.read()
+            raise BenchError(f"POST {url} answered {response.status_code}: {response.text[:300]}")
+        for line in response.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            if "error" in event:
+                raise BenchError(f"POST {url} streamed an error: {event['error']}")
+            choices = event.get("choices") or []
+            if choices and choices[0].get("text"):
+                tokens += 1
+                if tokens == 1:
+                    first = time.perf_counter()
+    return start, first, tokens
+
+
+def run_round(
+    n: int, url: str, make_payload: Callable[[int], dict], headers: dict
+) -> tuple[float, list[float], list[int]]:
+    results: list[tuple[float, float, int] | BaseException] = [None] * n  # type: ignore[list-item]
+    barrier = threading.Barrier(n)
+
+    def client_thread(i: int) -> None:
+        with http_client() as client:
+            try:
+                barrier.wait()
+                results[i] = stream_one(client, url, make_payload(i), headers)
+            except BaseException as exc:  # reported below, in the main thread
+                results[i] = exc
+
+    threads = [threading.Thread(target=client_thread, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise BenchError(f"a client failed: {failed}")
+    done = time.perf_counter()
+    starts = [r[0] for r in results]
+    tokens = [r[2] for r in results]
+    return sum(tokens) / (done - min(starts)), [r[1] - r[0] for r in results], tokens
+
+
+def measure(
+    name: str, url: str, make_payload: Callable[[int], dict], cfg: Config, pid: int, headers=None
+) -> SystemResult:
+    result = SystemResult(name)
+    headers = headers or {}
+    watch = CpuWatch([os.getpid(), pid])
+    for n in cfg.clients:
+        level = Level(n)
+        run_round(n, url, make_payload, headers)  # warm-up, not counted
+        for r in range(cfg.rounds):
+            tps, ttfts, tokens = run_round(n, url, make_payload, headers)
+            level.aggregate.append(tps)
+            level.ttft += ttfts
+            level.tokens += tokens
+            log(
+                f"  {name}: {n} clients, round {r + 1}/{cfg.rounds}: {tps:.1f} tok/s, "
+                f"TTFT median {statistics.median(ttfts) * 1000:.0f} ms, "
+                f"tokens {min(tokens)}-{max(tokens)}"
+            )
+        result.levels[n] = level
+    result.other_cpu = watch.other_cores()
+    return result
+
+
+def payload_maker(model: str, cfg: Config, extra: dict | None = None) -> Callable[[int], dict]:
+    def make(i: int) -> dict:
+        return {
+            "model": model,
+            "prompt": prompt_for(i),
+            "max_tokens": cfg.max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "logit_bias": cfg.ban,
+            **(extra or {}),
+        }
+
+    return make
+
+
+# -- the systems ---------------------------------------------------------------------------
+def bench_llmsite(cfg: Config, workdir: Path) -> SystemResult:
+    data_dir = workdir / "llmsite-data"
+    data_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update(
+        LLMSITE_DATA_DIR=str(data_dir),
+        LLMSITE_PRELOAD="1",
+        LLMSITE_N_THREADS=str(cfg.threads),
+        DJANGO_SETTINGS_MODULE="llmsite.settings",
+    )
+    manage(env, "migrate", "--noinput")
+    key = manage(env, "create_api_key", "--tenant", "bench", "--name", "bench").split()[-1]
+    # Quotas and prices on, so that every request reserves, settles and records usage.
+    manage(env, "set_quota", "--tenant", "bench", "--rpm", "100000", "--tpm", "100000000",
+           "--tokens-per-day", "1000000000", "--concurrent", "256")  # fmt: skip
+    manage(env, "set_price", LLMSITE_MODEL, "--prompt", "0.10", "--completion", "0.40")
+    manage(env, "shell", "-c",
+           "from inference.models import LLMModel; "
+           f"LLMModel.objects.filter(model_id='{LLMSITE_MODEL}')"
+           f".update(n_parallel={cfg.slots}, n_ctx={N_CTX})")  # fmt: skip
+    port = free_port()
+    log_path = workdir / "llmsite.log"
+    cmd = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "llmsite.asgi:application"]
+    with server_process(cmd, log_path, env) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(proc, f"{base}/ready", log_path)
+        headers = {"Authorization": f"Bearer {key}"}
+        make = payload_maker(LLMSITE_MODEL, cfg)
+        return measure(LLMSITE, f"{base}/v1/completions", make, cfg, proc.pid, headers)
+
+
+def bench_llama_server(cfg: Config, workdir: Path) -> SystemResult:
+    port = free_port()
+    log_path = workdir / "llama_server.log"
+    cmd = [
+        sys.executable, str(Path(__file__).parent / "xllamacpp_server.py"),
+        "--model", str(cfg.model_path),
+        "--n-ctx", str(N_CTX * cfg.slots),  # N_CTX per slot, like llmsite's n_ctx per sequence
+        "--threads", str(cfg.threads),
+        "--parallel", str(cfg.slots),
+        "--port", str(port),
+    ]  # fmt: skip
+    with server_process(cmd, log_path) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(proc, f"{base}/health", log_path)
+        make = payload_maker(first_model_id(base), cfg)
+        return measure(LLAMA_SERVER, f"{base}/v1/completions", make, cfg, proc.pid)
+
+
+def bench_llama_cpp_server(cfg: Config, workdir: Path) -> SystemResult:
+    port = free_port()
+    log_path = workdir / "llama_cpp_server.log"
+    threads = str(cfg.threads)
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(cfg.model_path),
+        "--n_ctx", str(N_CTX),
+        "--n_threads", threads,
+        "--n_threads_batch", threads,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--verbose", "False",
+    ]  # fmt: skip
+    with server_process(cmd, log_path) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(proc, f"{base}/v1/models", log_path)
+        make = payload_maker(first_model_id(base), cfg, {"repeat_penalty": 1.0})
+        return measure(LLAMA_CPP_SERVER, f"{base}/v1/completions", make, cfg, proc.pid)
+
+
+def guarded(name: str, run: Callable[[], SystemResult]) -> SystemResult:
+    log(f"{name} ...")
+    try:
+        return run()
+    except (BenchError, httpx.HTTPError, OSError, KeyError, ValueError) as exc:
+        log(f"  {name}: skipped: {exc}")
+        return SystemResult(name, error=f"{type(exc).__name__}: {exc}")
+
+
+# -- reporting -----------------------------------------------------------------------------
+def fmt(value: float, spec: str) -> str:
+    return "-" if math.isnan(value) else format(value, spec)
+
+
+def table(cfg: Config, results: list[SystemResult]) -> str:
+    site = next((r for r in results if r.name == LLMSITE and not r.error), None)
+    peers = [r for r in results if r.name != LLMSITE and not r.error]
+    header = ["system", *(f"{n} cl tok/s" for n in cfg.clients)]
+    header += [f"TTFT med/p99 ms @{n}" for n in cfg.clients]
+    rows = []
+    for r in results:
+        if r.error:
+            continue
+        cells = [r.name]
+        cells += [fmt(r.levels[n].tps, ".1f") for n in cfg.clients]
+        cells += [
+            f"{fmt(r.levels[n].ttft_median_ms, '.0f')}/{fmt(r.levels[n].ttft_p99_ms, '.0f')}"
+            for n in cfg.clients
+        ]
+        rows.append(cells)
+    if site:
+        for peer in peers:
+            cells = [f"llmsite / {peer.name}"]
+            cells += [
+                fmt(site.levels[n].tps / peer.levels[n].tps, ".2f") + "x" for n in cfg.clients
+            ]
+            cells += ["" for _ in cfg.clients]
+            rows.append(cells)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in [header, ["-" * w for w in widths], *rows]
+    ]
+    lines += [f"{r.name}: skipped: {r.error.splitlines()[0]}" for r in results if r.error]
+    lines += [
+        f"{r.name}: other processes kept {r.other_cpu:.2f} cores busy"
+        for r in results
+        if not r.error and r.other_cpu > 0.1
+    ]
+    return "\n".join(lines)
+
+
+def summary(cfg: Config, results: list[SystemResult]) -> dict[str, Any]:
+    def num(value: float) -> float | None:
+        return None if math.isnan(value) else round(value, 3)
+
+    return {
+        "config": {
+            "model_path": str(cfg.model_path),
+            "clients": cfg.clients,
+            "rounds": cfg.rounds,
+            "max_tokens": cfg.max_tokens,
+            "threads": cfg.threads,
+            "slots": cfg.slots,
+            "cpu_count": os.cpu_count(),
+        },
+        "systems": [
+            {
+                "name": r.name,
+                "error": r.error,
+                "other_cpu_cores": num(r.other_cpu),
+                "levels": {
+                    n: {
+                        "aggregate_tps": [num(x) for x in level.aggregate],
+                        "median_tps": num(level.tps),
+                        "ttft_median_ms": num(level.ttft_median_ms),
+                        "ttft_p99_ms": num(level.ttft_p99_ms),
+                        "tokens": level.tokens,
+                    }
+                    for n, level in r.levels.items()
+                },
+            }
+            for r in results
+        ],
+    }
+
+
+def eog_bias(model_path: Path) -> dict[str, float]:
+    from llama_cpp import Llama, llama_cpp
+
+    vocab_only = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+    try:
+        vocab = vocab_only._model.vocab
+        return {
+            str(t): -100.0
+            for t in range(vocab_only.n_vocab())
+            if llama_cpp.llama_vocab_is_eog(vocab, t)
+        }
+    finally:
+        vocab_only.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--slots", type=int, default=8, help="n_parallel = llama-server -np")
+    parser.add_argument("--systems", default=f"{LLMSITE},{LLAMA_SERVER},{LLAMA_CPP_SERVER}")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+
+    model_path = prepare_model()
+    cfg = Config(
+        model_path=model_path,
+        clients=[int(x) for x in args.clients.split(",")],
+        rounds=args.rounds,
+        max_tokens=args.max_tokens,
+        threads=args.threads,
+        slots=args.slots,
+        ban=eog_bias(model_path),
+    )
+    systems = {
+        LLMSITE: bench_llmsite,
+        LLAMA_SERVER: bench_llama_server,
+        LLAMA_CPP_SERVER: bench_llama_cpp_server,
+    }
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as tmp:
+        for name in args.systems.split(","):
+            results.append(guarded(name, lambda name=name: systems[name](cfg, Path(tmp))))
+    print(
+        f"{cfg.max_tokens} tokens per client, EOS banned, {cfg.threads} threads, "
+        f"{cfg.slots} slots, median of {cfg.rounds} rounds"
+    )
+    print(table(cfg, results))
+    if args.json:
+        print(json.dumps(summary(cfg, results), indent=2))
+    return 1 if any(r.error for r in results if r.name == LLMSITE) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
