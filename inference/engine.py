@@ -565,6 +565,9 @@ class LlamaEngine:
         # One stream per sequence: a sequence attends over its own cells only,
         # and its numbers do not depend on where other sequences' cells lie.
         params.kv_unified = False
+        # Sliding-window layers keep every position too: a cached prefix stays
+        # usable at any length (costs n_ctx cells per stream in those layers).
+        params.swa_full = True
         # Without flash attention, a sequence's logits do not depend on which
         # other sequences share its batch (measured: bit for bit), so greedy
         # output is the same alone or under load.
