@@ -184,6 +184,11 @@ class Reservation:
 
     soft_budget_percent: int = 80
 
+    @property
+    def empty(self) -> bool:
+        """No limit applied: nothing was reserved, nothing to settle."""
+        return not self.checks and not self.slots
+
     def budget_near(self) -> bool:
         """Whether this month's spend (as counted at reservation) reached the soft share."""
         return any(
@@ -437,6 +442,12 @@ def backend():
     return _backend
 
 
+def quota_in_database() -> bool:
+    """Whether reservations live in the database (no Redis), where settling can
+    share the usage record's transaction."""
+    return isinstance(backend(), DatabaseBackend)
+
+
 # -- the API used by the request path ----------------------------------------------------
 def quota_reserve(
     *,
@@ -483,7 +494,7 @@ def quota_settle(*, reservation: Reservation, prompt_tokens: int, completion_tok
     if reservation.settled:
         return
     reservation.settled = True
-    if not reservation.checks and not reservation.slots:
+    if reservation.empty:
         return
     actual_tokens = prompt_tokens + completion_tokens
     actual_cost = int(reservation.prices.cost(prompt_tokens, completion_tokens) * NANOS)

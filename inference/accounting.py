@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
+from django.db import transaction
 
 from accounts.authentication import Principal
 from billing.quota import (
@@ -15,6 +16,7 @@ from billing.quota import (
     Reservation,
     prices_for,
     prices_of,
+    quota_in_database,
     quota_reserve,
     quota_settle,
 )
@@ -78,22 +80,55 @@ class Accounting:
         self.written = True
         ttft = int((self.first_token_at - self.started) * 1000) if self.first_token_at else None
         latency = int((time.monotonic() - self.started) * 1000)
-        # Shielded: a client that disconnects cancels us, but its usage still lands.
-        await asyncio.shield(sync_to_async(self._finish)(latency, ttft))
-
-    def _finish(self, latency_ms: int, ttft_ms: int | None) -> None:
         if self.reservation is None:
             # Refused before inference (validation, quota, context length): nothing
             # was computed for it, so nothing is billed.
             self.prompt_tokens = self.completion_tokens = 0
-        metrics.usage_observe(self, latency_ms=latency_ms, ttft_ms=ttft_ms)
-        prices = self.reservation.prices if self.reservation else prices_for(self.model_pk)
-        if self.reservation is not None:
-            quota_settle(
-                reservation=self.reservation,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens,
+        metrics.usage_observe(self, latency_ms=latency, ttft_ms=ttft)
+        # Shielded: a client that disconnects cancels us, but its usage still lands.
+        await asyncio.shield(self._close(latency, ttft))
+
+    async def _close(self, latency_ms: int, ttft_ms: int | None) -> None:
+        reservation = self.reservation
+        if reservation is not None and not reservation.empty and not quota_in_database():
+            # Settling in Redis and writing the record are independent round trips:
+            # overlap them. Both finish before the response goes out.
+            await asyncio.gather(
+                sync_to_async(self._settle, thread_sensitive=False)(),
+                sync_to_async(self._record)(latency_ms, ttft_ms),
             )
+        else:
+            await sync_to_async(self._finish)(latency_ms, ttft_ms)
+
+    def _finish(self, latency_ms: int, ttft_ms: int | None) -> None:
+        if self.reservation is None or self.reservation.empty:
+            self._record(latency_ms, ttft_ms)
+            return
+        # Database quotas: the settlement commits with the record, one commit for both.
+        try:
+            with transaction.atomic():
+                self._settle()
+                self._write_record(latency_ms, ttft_ms)
+        except Exception:
+            # The settlement rolled back with the record: free the slot all the same.
+            self.reservation.settled = False
+            self._settle()
+            raise
+        self._check_budget()
+
+    def _settle(self) -> None:
+        quota_settle(
+            reservation=self.reservation,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+        )
+
+    def _record(self, latency_ms: int, ttft_ms: int | None) -> None:
+        self._write_record(latency_ms, ttft_ms)
+        self._check_budget()
+
+    def _write_record(self, latency_ms: int, ttft_ms: int | None) -> None:
+        prices = self.reservation.prices if self.reservation else prices_for(self.model_pk)
         usage_record(
             tenant=self.principal.tenant,
             api_key=self.principal.api_key,
@@ -110,6 +145,8 @@ class Accounting:
             latency_ms=latency_ms,
             ttft_ms=ttft_ms,
         )
+
+    def _check_budget(self) -> None:
         # The counters already hold the month's spend: look closer only near the line.
         if self.reservation is not None and self.reservation.budget_near():
             budget_check(tenant=self.principal.tenant)
