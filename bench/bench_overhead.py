@@ -14,7 +14,16 @@ In one process and one run, on the same engine and model, in rotating order:
 "added by the tenant machinery" is full - bare, paired per iteration: that is the
 figure the goal (median under 3 ms) is about. full - engine is printed as well;
 it also counts Django, DRF, request parsing, tokenizing and rendering, which a
-server without tenants pays too. Run with the production-like setup:
+server without tenants pays too.
+
+On PostgreSQL it also times, in the same rotation, one durable commit of a one-row
+INSERT: the usage record is committed before the response, so that is the floor
+of what the machinery can add on this machine's disk.
+
+The engine runs on one thread by default (--threads): with as many threads as
+cores on a shared machine, llama.cpp's thread barrier turns any preemption into
+tens of milliseconds of noise on every side. The machinery is the same code
+whatever the engine's thread count. Run with the production-like setup:
 
     DATABASE_URL=postgresql://... REDIS_URL=redis://... .venv/bin/python bench/bench_overhead.py
 """
@@ -109,6 +118,24 @@ def _route_bare_view(principal) -> None:
     clear_url_caches()
 
 
+def _commit_probe():
+    """One durable autocommit INSERT on the benchmark's database, timed in its thread."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE bench_commit_probe (id bigserial, at timestamptz)")
+
+    def commit() -> float:
+        with connection.cursor() as cursor:
+            start = time.perf_counter()
+            cursor.execute("INSERT INTO bench_commit_probe (at) VALUES (now())")
+            return time.perf_counter() - start
+
+    return commit
+
+
 async def measure(runs: int) -> dict:
     from asgiref.sync import sync_to_async
     from django.test import AsyncClient
@@ -168,6 +195,9 @@ async def measure(runs: int) -> dict:
         return await post("/v1/completions", auth)
 
     sides = {"engine": engine_alone, "bare": bare, "full": full}
+    probe = await sync_to_async(_commit_probe)()
+    if probe is not None:
+        sides["commit"] = sync_to_async(probe)
     for _ in range(10):  # warm-up
         for run in sides.values():
             await run()
@@ -176,7 +206,7 @@ async def measure(runs: int) -> dict:
     order = list(sides)
     for i in range(runs):
         # Rotate the order so drift on a shared machine hits every side alike.
-        for name in order[i % 3 :] + order[: i % 3]:
+        for name in order[i % len(order) :] + order[: i % len(order)]:
             samples[name].append(await sides[name]() * 1000)
     records = await sync_to_async(UsageRecord.objects.count)() - records_before
     assert records == runs, f"{records} usage records for {runs} full requests"
@@ -191,12 +221,14 @@ async def measure(runs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1)")
     args = parser.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="llmsite-bench-")
     os.environ["LLMSITE_DATA_DIR"] = data_dir
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmsite.settings")
     os.environ["LLMSITE_QUOTA_PREFIX"] = f"llmsite:bench:{uuid.uuid4().hex}"
+    os.environ["LLMSITE_N_THREADS"] = str(args.threads)
     db_url, drop = _fresh_database()
     if db_url:
         os.environ["DATABASE_URL"] = db_url
@@ -217,7 +249,8 @@ def main() -> None:
         database = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
         print(
             f"llmsite request overhead: {args.runs} runs of each side, {database}, "
-            f"quotas on {backend}, /v1/completions with max_tokens=1"
+            f"quotas on {backend}, /v1/completions with max_tokens=1, "
+            f"engine on {args.threads} thread(s)"
         )
         print(f"{'':>44} {'median ms':>10} {'p99 ms':>10}")
         for name, label in (
@@ -227,7 +260,10 @@ def main() -> None:
             ("added", "ADDED BY THE TENANT MACHINERY (full - bare)"),
             ("added_engine", "full - engine alone (includes Django/DRF)"),
             ("bare_engine", "bare - engine alone (Django/DRF/JSON only)"),
+            ("commit", "one durable commit (floor of added)"),
         ):
+            if name not in results:
+                continue
             values = results[name]
             print(
                 f"{label:>44} {statistics.median(values):>10.2f} {percentile(values, 0.99):>10.2f}"
