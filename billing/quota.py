@@ -27,8 +27,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import transaction
+from django.db.models import Count, F
 from django.utils import timezone
 
 from accounts.models import ApiKey, Tenant
@@ -372,16 +372,31 @@ class RedisBackend:
 
 
 class DatabaseBackend:
+    """A handful of statements per reservation, whatever the number of limits."""
+
     def reserve(self, reservation: Reservation) -> None:
         now = timezone.now()
         checks = reservation.checks
+        slots = dict(reservation.slots)
         ttl = {c.key: c.ttl for c in checks}
-        keys = sorted(set(ttl) | {s for s, _ in reservation.slots})
+        keys = sorted(set(ttl) | set(slots))
         with transaction.atomic():
-            for key in keys:
-                _ensure_counter(key, now + timedelta(seconds=ttl.get(key, LEASE_SECONDS)))
+            # A new window's counters start at 0; a concurrent reservation may insert
+            # them first. Inserted in key order, like the locks below.
+            QuotaCounter.objects.bulk_create(
+                [
+                    QuotaCounter(
+                        key=key,
+                        value=0,
+                        expires_at=now + timedelta(seconds=ttl.get(key, LEASE_SECONDS)),
+                    )
+                    for key in keys
+                ],
+                ignore_conflicts=True,
+            )
             # Locked in key order: two reservations over the same scopes cannot deadlock.
             # Window ids are part of the keys, so a counter never needs resetting.
+            # A slot's scope has a counter row too: its lock serialises the lease count.
             current = dict(
                 QuotaCounter.objects.select_for_update()
                 .filter(key__in=keys)
@@ -391,41 +406,39 @@ class DatabaseBackend:
             for check in checks:
                 if current[check.key] + check.increment > check.limit:
                     raise _refusal(check, None, current[check.key])
-            for scope, limit in reservation.slots:
-                ConcurrencyLease.objects.filter(scope=scope, expires_at__lte=now).delete()
-                held = ConcurrencyLease.objects.filter(scope=scope).count()
-                if held >= limit:
-                    raise _refusal(None, limit, held)
+            if slots:
+                leases = ConcurrencyLease.objects.filter(scope__in=slots)
+                leases.filter(expires_at__lte=now).delete()
+                held = dict(leases.values_list("scope").annotate(n=Count("id")).order_by())
+                for scope, limit in reservation.slots:
+                    if held.get(scope, 0) >= limit:
+                        raise _refusal(None, limit, held.get(scope, 0))
             for check in checks:
                 current[check.key] += check.increment
-                QuotaCounter.objects.filter(key=check.key).update(value=current[check.key])
-            for scope, _ in reservation.slots:
-                ConcurrencyLease.objects.create(
+            QuotaCounter.objects.bulk_update(
+                [QuotaCounter(key=c.key, value=current[c.key]) for c in checks], ["value"]
+            )
+            ConcurrencyLease.objects.bulk_create(
+                ConcurrencyLease(
                     scope=scope,
                     request_id=reservation.request_id,
                     expires_at=now + timedelta(seconds=LEASE_SECONDS),
                 )
+                for scope in slots
+            )
         reservation.values = {c.key: current[c.key] for c in checks}
 
     def settle(self, reservation: Reservation, deltas: dict[str, int]) -> None:
         with transaction.atomic():
-            for key, delta in deltas.items():
-                if delta:
-                    QuotaCounter.objects.filter(key=key).update(value=F("value") + delta)
-            for scope, _ in reservation.slots:
+            QuotaCounter.objects.bulk_update(
+                [QuotaCounter(key=k, value=F("value") + d) for k, d in deltas.items() if d],
+                ["value"],
+            )
+            if reservation.slots:
                 ConcurrencyLease.objects.filter(
-                    scope=scope, request_id=reservation.request_id
+                    scope__in=[scope for scope, _ in reservation.slots],
+                    request_id=reservation.request_id,
                 ).delete()
-
-
-def _ensure_counter(key: str, expires_at: datetime) -> None:
-    if QuotaCounter.objects.filter(key=key).exists():
-        return
-    try:
-        with transaction.atomic():
-            QuotaCounter.objects.create(key=key, value=0, expires_at=expires_at)
-    except IntegrityError:
-        pass  # created by a concurrent reservation
 
 
 _backend = None
