@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(params=quota_backends())
-def backend(request, settings):
+def backend(request, settings, fresh_minute):
     settings.LLMSITE_QUOTA_BACKEND = request.param
     return request.param
 

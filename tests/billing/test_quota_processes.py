@@ -75,7 +75,7 @@ def _run(target, args_for, attempts: int) -> list:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_rpm_admits_exactly_n_across_processes(backend, gemma):
+def test_rpm_admits_exactly_n_across_processes(backend, gemma, fresh_minute):
     tenant = tenant_get_or_create(slug="hammer")
     key, raw = api_key_issue(tenant=tenant)
     limits_set(tenant=tenant, api_key=key, rpm=10)
