@@ -109,6 +109,24 @@ def test_concurrency_slot_is_released_after_errors_and_streams(backend, client, 
     assert complete(client).status_code == 200
 
 
+def test_a_usage_record_that_fails_to_write_still_frees_the_slot(
+    backend, client, tenant, monkeypatch
+):
+    import inference.accounting as accounting
+
+    call_command("set_quota", "--tenant", "acme", "--concurrent", "1", stdout=StringIO())
+    written = accounting.usage_record
+
+    def lost_database(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(accounting, "usage_record", lost_database)
+    client.raise_request_exception = False
+    assert complete(client).status_code == 500
+    monkeypatch.setattr(accounting, "usage_record", written)
+    assert complete(client).status_code == 200
+
+
 def test_set_quota_validates_its_input(tenant):
     with pytest.raises(CommandError, match="no tenant"):
         call_command("set_quota", "--tenant", "nobody", "--rpm", "1")
