@@ -6,9 +6,10 @@ import multiprocessing
 
 import pytest
 from django.db import connections
+from django.db.models import Sum
 
 from accounts.services import api_key_issue, tenant_get_or_create
-from billing.models import UsageRecord
+from billing.models import DailyUsage, UsageRecord
 from billing.services import limits_set
 from tests.conftest import quota_backends
 
@@ -86,6 +87,9 @@ def test_rpm_admits_exactly_n_across_processes(backend, gemma, fresh_minute):
     records = UsageRecord.objects.filter(api_key=key)
     assert records.filter(status="ok").count() == 10
     assert records.filter(status="rejected").count() == PROCESSES * 6 - 10
+    # The roll-up's first insert raced in four processes and lost nothing.
+    rolled_up = DailyUsage.objects.filter(tenant=tenant).aggregate(n=Sum("requests"))["n"]
+    assert rolled_up == PROCESSES * 6
 
 
 @pytest.mark.django_db(transaction=True)
