@@ -154,6 +154,7 @@ def usage_record(
     return record
 
 
+@transaction.atomic  # the change and its AuthGeneration bump (billing/signals.py) commit together
 def limits_set(*, tenant: Tenant, api_key: ApiKey | None = None, **limits) -> Limits:
     """Set some limits on a tenant (its overrides) or on one of its keys.
 
@@ -180,6 +181,7 @@ def limits_set(*, tenant: Tenant, api_key: ApiKey | None = None, **limits) -> Li
     return row
 
 
+@transaction.atomic
 def plan_assign(*, tenant: Tenant, plan: Plan | None) -> TenantBilling:
     row, _ = TenantBilling.objects.get_or_create(tenant=tenant)
     row.plan = plan
