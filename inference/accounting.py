@@ -91,8 +91,8 @@ class Accounting:
     def _finish(self, latency_ms: int, ttft_ms: int | None) -> None:
         reservation = self.reservation
         if reservation is None or reservation.empty or not quota_in_database():
-            # Settling in Redis is one round trip; the record and its roll-up one more.
-            # (Overlapping the two in two threads measured no faster: the GIL.)
+            # Redis settles in one round trip, the record and its roll-up take one more.
+            # (Overlapping the two from two threads measured no faster: the GIL.)
             if reservation is not None:
                 self._settle()
             self._write_record(latency_ms, ttft_ms)
