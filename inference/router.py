@@ -250,8 +250,9 @@ def order_candidates(models: list[LLMModel], strategy: str, name: str) -> tuple[
     down, trying one beats refusing the request.
     """
     now = time.time()
-    healthy = [m for m in models if not health.cooling(m.model_id, now)]
-    cooling = [m for m in models if health.cooling(m.model_id, now)]
+    cooled = {m.model_id for m in models if health.cooling(m.model_id, now)}
+    healthy = [m for m in models if m.model_id not in cooled]
+    cooling = [m for m in models if m.model_id in cooled]
     if not healthy:
         return cooling, "every candidate is cooling down"
     index, reason = STRATEGY_FUNCS[strategy](candidates_of(healthy), name)
@@ -276,6 +277,12 @@ def route_resolve(*, tenant: Tenant, api_key: ApiKey | None, name: str, capabili
     allowed = model_queryset(tenant=tenant, api_key=api_key)
     model = allowed.filter(model_id=name).first()
     if model is not None:
+        if not model.can_serve(capability):
+            raise InvalidRequest(
+                f"The model `{name}` does not serve {capability}.",
+                param="model",
+                code="model_not_supported",
+            )
         return Route(name=name, strategy="direct", reason="requested by id", order=[model])
 
     alias = alias_queryset().filter(name=name).first()

@@ -726,12 +726,6 @@ async def embedding_create(*, principal: Principal, data: dict, acct: Accounting
 
 
 async def _embedding_local(model: LLMModel, data: dict, acct: Accounting, attempt: _Attempt):
-    if not model.embeddings:
-        raise InvalidRequest(
-            f"The model `{model.model_id}` does not serve embeddings.",
-            param="model",
-            code="model_not_supported",
-        )
     engine = await local_engine(model)
     inputs = []
     for index, item in enumerate(data["input"]):
@@ -906,12 +900,6 @@ def _has_content(choice: dict) -> bool:
 
 
 async def _remote_embeddings(model: LLMModel, data: dict, acct: Accounting) -> dict:
-    if not model.embeddings:
-        raise InvalidRequest(
-            f"The model `{model.model_id}` does not serve embeddings.",
-            param="model",
-            code="model_not_supported",
-        )
     acct.prompt_tokens = _estimate_prompt_tokens(data)
     await _reserve(acct, model, 0)
     result = await RemoteBackend(model).post(
