@@ -18,6 +18,7 @@ Nothing outside this module knows how many sequences are decoded at once.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import codecs
 import contextlib
 import logging
@@ -352,8 +353,13 @@ class LlamaEngine:
         self._embedder = None
         self._vocab = None
         self._pieces: dict[int, bytes] = {}
-        self._active: list[_Seq] = []
-        self._free_ids: list[int] = []
+        self._active: list[_Seq] = []  # ascending seq_id
+        # Sequence ids 0..n_parallel-1 are decoding slots; the ones above hold
+        # the prefix cache. llama.cpp decodes a batch of per-sequence KV streams
+        # in one pass only over consecutive ids, in ascending order: active
+        # sequences take the lowest free slots and are kept packed (_compact).
+        self._free_slots: list[int] = []
+        self._free_cache_ids: list[int] = []
         self._cache: OrderedDict[int, _CacheEntry] = OrderedDict()  # LRU first
         self._n_swa = 0
         self._in_flight = 0
@@ -365,6 +371,7 @@ class LlamaEngine:
                 "prompt_tokens_reused",
                 "tokens_generated",
                 "decode_steps",
+                "sequences_moved",
                 "embedding_batches",
             ),
             0,
@@ -478,6 +485,7 @@ class LlamaEngine:
                     jobs = self._take_jobs()
                     self._in_flight += sum(isinstance(j, _GenerateJob) for j in jobs)
                 self._start(jobs)
+                self._compact()
                 if self._active:
                     try:
                         self._step()
@@ -579,7 +587,8 @@ class LlamaEngine:
             raise ModelLoadError(f"llama.cpp could not create a context for {self.spec.path}")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
-        self._free_ids = list(range(n_seq - 1, -1, -1))
+        self._free_slots = list(range(self.n_parallel))
+        self._free_cache_ids = list(range(self.n_parallel, n_seq))
         self._n_swa = llama_cpp.llama_model_n_swa(model)
         self._vocab = self._llm._model.vocab
         self._lib = llama_cpp
@@ -621,7 +630,7 @@ class LlamaEngine:
         if len(prompt) >= self.spec.n_ctx:
             raise EngineError(f"the prompt does not fit the context ({self.spec.n_ctx} tokens)")
         sampler = _Sampler(self, job.params)
-        seq = _Seq(job, self._seq_id(), sampler, list(prompt))
+        seq = _Seq(job, self._take_slot(), sampler, list(prompt))
         self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
         job.handle.started.set()
         # The same prompt already being prefilled (n>1, or identical requests):
@@ -639,17 +648,39 @@ class LlamaEngine:
             leader.followers.append(seq)
         else:
             self._reuse_prefix(seq)
-        self._active.append(seq)
+        bisect.insort(self._active, seq, key=_by_seq_id)
 
-    def _seq_id(self) -> int:
-        if not self._free_ids:
-            self._evict()
-        return self._free_ids.pop()
+    def _take_slot(self) -> int:
+        slot = min(self._free_slots)
+        self._free_slots.remove(slot)
+        return slot
+
+    def _compact(self) -> None:
+        """Move the highest active sequences into free lower slots.
+
+        A batch over sequence ids with a gap costs llama.cpp one more pass over the
+        weights every step; one copy of the moved sequence's KV stream costs less.
+        """
+        lib = self._lib
+        while self._free_slots and self._active:
+            hole = min(self._free_slots)
+            top = self._active[-1]
+            if top.seq_id < hole:
+                return
+            # Copied before the next decode (llama.cpp applies pending stream
+            # copies in order, before computing anything).
+            lib.llama_memory_seq_cp(self._mem, top.seq_id, hole, -1, -1)
+            lib.llama_memory_seq_rm(self._mem, top.seq_id, -1, -1)
+            self._free_slots.remove(hole)
+            self._free_slots.append(top.seq_id)
+            top.seq_id = hole
+            self._active.sort(key=_by_seq_id)
+            self._counters["sequences_moved"] += 1
 
     def _evict(self) -> None:
         _, entry = self._cache.popitem(last=False)
         self._lib.llama_memory_seq_rm(self._mem, entry.seq_id, -1, -1)
-        self._free_ids.append(entry.seq_id)
+        self._free_cache_ids.append(entry.seq_id)
 
     def _reuse_prefix(self, seq: _Seq) -> None:
         """Start `seq` from the cached sequence sharing the longest prefix with its prompt."""
@@ -701,21 +732,24 @@ class LlamaEngine:
             seq.leader.followers.remove(seq)
         self._leave(seq.job)
         kept = seq.tokens[: seq.n_past]
-        if seq.leader is not None or len(kept) < _MIN_PREFIX:
-            self._release(seq.seq_id)
-            return
+        if seq.leader is None and len(kept) >= _MIN_PREFIX and self.n_cache > 0:
+            self._cache_store(seq.seq_id, kept)
+        self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        self._free_slots.append(seq.seq_id)
+
+    def _cache_store(self, slot: int, tokens: list[int]) -> None:
+        """Keep a finished slot's cells as a prefix cache entry (a copy of its stream)."""
         for entry in list(self._cache.values()):
-            if _common_prefix(entry.tokens, kept) == len(entry.tokens):
+            if _common_prefix(entry.tokens, tokens) == len(entry.tokens):
                 # The new entry covers the old one.
                 del self._cache[entry.seq_id]
-                self._release(entry.seq_id)
-        self._cache[seq.seq_id] = _CacheEntry(seq.seq_id, kept)
-        while len(self._cache) > self.n_cache:
+                self._lib.llama_memory_seq_rm(self._mem, entry.seq_id, -1, -1)
+                self._free_cache_ids.append(entry.seq_id)
+        if not self._free_cache_ids:
             self._evict()
-
-    def _release(self, seq_id: int) -> None:
-        self._lib.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
-        self._free_ids.append(seq_id)
+        cache_id = self._free_cache_ids.pop()
+        self._lib.llama_memory_seq_cp(self._mem, slot, cache_id, -1, -1)
+        self._cache[cache_id] = _CacheEntry(cache_id, tokens)
 
     # -- one decode step for every active sequence ---------------------------------
     def _step(self) -> None:
@@ -724,14 +758,38 @@ class LlamaEngine:
             self._finish(seq, "cancelled")
         if not self._active:
             return
+        # Sequences one token away from their next logits go first: a
+        # generated token, or a prompt's last token (always evaluated on its
+        # own, like a generated one, so that a prompt gives the same logits
+        # whether its prefix was cached or computed). Prompts fill the rest.
+        plan: list[tuple[_Seq, int, bool]] = []  # (sequence, tokens, wants logits)
+        for seq in self._active:
+            seq.row = -1
+            if seq.leader is None and seq.n_past == len(seq.tokens) - 1:
+                plan.append((seq, 1, True))
+        budget = self._batch_size - len(plan)
+        if plan:
+            budget = min(budget, _PREFILL_CHUNK)
+        for seq in self._active:
+            if budget <= 0:
+                break
+            remaining = len(seq.tokens) - 1 - seq.n_past
+            if seq.leader is None and remaining > 0:
+                take = min(budget, remaining)
+                plan.append((seq, take, False))
+                budget -= take
+        if not plan:
+            return
+        # In ascending sequence id order: llama.cpp splits a batch of separate
+        # KV streams into one pass per run of consecutive ids, taken in order.
+        plan.sort(key=lambda item: item[0].seq_id)
         batch = self._batch
         n = 0
         rows: list[_Seq] = []
         chunks: list[tuple[_Seq, int]] = []
-
-        def add(seq: _Seq, start: int, count: int, logits: bool) -> None:
-            nonlocal n
+        for seq, count, logits in plan:
             sid = seq.seq_id
+            start = seq.n_past
             for i in range(count):
                 batch.token[n] = seq.tokens[start + i]
                 batch.pos[n] = start + i
@@ -741,31 +799,10 @@ class LlamaEngine:
                 n += 1
             if logits:
                 batch.logits[n - 1] = 1
-
-        # Sequences one token away from their next logits go first: a
-        # generated token, or a prompt's last token (always evaluated on its
-        # own, like a generated one, so that a prompt gives the same logits
-        # whether its prefix was cached or computed).
-        for seq in self._active:
-            seq.row = -1
-            if seq.leader is None and seq.n_past == len(seq.tokens) - 1:
-                add(seq, seq.n_past, 1, True)
                 seq.row = n - 1
                 rows.append(seq)
-        budget = self._batch_size - n
-        if rows:
-            budget = min(budget, _PREFILL_CHUNK)
-        for seq in self._active:
-            if budget <= 0:
-                break
-            remaining = len(seq.tokens) - 1 - seq.n_past
-            if seq.leader is None and remaining > 0:
-                take = min(budget, remaining)
-                add(seq, seq.n_past, take, False)
-                chunks.append((seq, take))
-                budget -= take
-        if n == 0:
-            return
+            else:
+                chunks.append((seq, count))
         batch.n_tokens = n
         status = lib.llama_decode(self._ctx, batch)
         self._counters["decode_steps"] += 1
@@ -850,7 +887,7 @@ class LlamaEngine:
 
         active = sum(cells(s.seq_id) for s in self._active)
         cached = sum(cells(e.seq_id) for e in self._cache.values())
-        free = sum(cells(i) for i in self._free_ids)
+        free = sum(cells(i) for i in (*self._free_slots, *self._free_cache_ids))
         with self._cond:
             self._snapshot = {
                 "kv_cells_used": active + cached + free,
@@ -948,6 +985,10 @@ class LlamaEngine:
                     EmbeddingResult(vectors[start : start + count], sum(len(t) for t in job.inputs))
                 )
             start += count
+
+
+def _by_seq_id(seq: _Seq) -> int:
+    return seq.seq_id
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

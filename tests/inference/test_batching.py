@@ -86,6 +86,28 @@ def test_eight_concurrent_greedy_requests_each_continue_their_own_prompt(engine)
     assert_idle(engine)
 
 
+def test_sequences_that_outlive_their_neighbours_keep_their_own_text(engine):
+    # Every other request ends early. The engine keeps the survivors on
+    # consecutive sequence ids (one llama.cpp pass per step) by moving their
+    # KV cells into the freed slots; the move must not change what they say.
+    bias = no_eos(engine)
+    lengths = [3, 16, 5, 16, 2, 16, 7, 16]
+    jobs = [
+        (engine.tokenize(word_prompt(word)), SamplingParams(n, 0, logit_bias=bias))
+        for word, n in zip(WORDS, lengths)
+    ]
+    alone = [collect(engine.submit(tokens, params))[0] for tokens, params in jobs]
+    moved = engine.stats()["sequences_moved"]
+
+    handles = [engine.submit(tokens, params) for tokens, params in jobs]
+    results = [collect(handle) for handle in handles]
+
+    assert [text for text, _ in results] == alone
+    assert [f.completion_tokens for _, f in results] == [p.max_tokens for _, p in jobs]
+    assert engine.stats()["sequences_moved"] > moved
+    assert_idle(engine)
+
+
 def test_usage_counts_every_streamed_token_under_concurrency(engine):
     handles = [
         engine.submit(engine.tokenize(word_prompt(word)), SamplingParams(max_tokens=n + 1))
