@@ -266,7 +266,7 @@ class _KeyCache:
         if entry is None:
             return None
         if time.monotonic() - entry.loaded > settings.LLMSITE_KEY_CACHE_SECONDS or (
-            _generations(entry.key.tenant_id) != entry.generations
+            auth_generations(entry.key.tenant_id) != entry.generations
         ):
             self._entries.pop(prefix, None)
             return None
@@ -304,7 +304,8 @@ def _key_load(prefix: str) -> ApiKey | None:
     return key
 
 
-def _generations(tenant_id: int) -> tuple[int, int]:
+def auth_generations(tenant_id: int) -> tuple[int, int]:
+    """(this tenant's, the global) AuthGeneration values: what per-process caches check."""
     # Raw SQL: this runs on every authenticated request, and the ORM's query
     # compilation would cost more than the read itself.
     table = connection.ops.quote_name(AuthGeneration._meta.db_table)

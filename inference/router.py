@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from accounts.models import ApiKey, Tenant
+from accounts.services import auth_generations
 from inference.live import Figures, live
 from inference.models import STRATEGIES, LLMModel, RouterAlias
 from inference.registry import registry
@@ -274,9 +275,14 @@ def route_resolve(*, tenant: Tenant, api_key: ApiKey | None, name: str, capabili
     Raises ModelNotFound when the caller may use nothing under that name, and a
     400 when the name exists but none of its models can serve `capability`.
     """
-    allowed = model_queryset(tenant=tenant, api_key=api_key)
-    model = allowed.filter(model_id=name).first()
-    if model is not None:
+    found = _routes.get(tenant, api_key, name)
+    if found is None:
+        generations = auth_generations(tenant.pk)  # read before the rows they describe
+        found = _candidates(tenant=tenant, api_key=api_key, name=name)
+        _routes.put(tenant, api_key, name, found, generations)
+    strategy, models = found
+    if strategy == "direct":
+        model = models[0]
         if not model.can_serve(capability):
             raise InvalidRequest(
                 f"The model `{name}` does not serve {capability}.",
@@ -284,6 +290,23 @@ def route_resolve(*, tenant: Tenant, api_key: ApiKey | None, name: str, capabili
                 code="model_not_supported",
             )
         return Route(name=name, strategy="direct", reason="requested by id", order=[model])
+    able = [m for m in models if m.can_serve(capability)]
+    if not able:
+        raise InvalidRequest(
+            f"No model behind `{name}` serves {capability}.",
+            param="model",
+            code="model_not_supported",
+        )
+    order, reason = order_candidates(able, strategy, name)
+    return Route(name=name, strategy=strategy, reason=reason, order=order)
+
+
+def _candidates(*, tenant: Tenant, api_key: ApiKey | None, name: str) -> tuple[str, list[LLMModel]]:
+    """("direct", [the model]) or (strategy, candidates in fallback order), from the DB."""
+    allowed = model_queryset(tenant=tenant, api_key=api_key)
+    model = allowed.filter(model_id=name).first()
+    if model is not None:
+        return "direct", [model]
 
     alias = alias_queryset().filter(name=name).first()
     if alias is not None:
@@ -304,15 +327,60 @@ def route_resolve(*, tenant: Tenant, api_key: ApiKey | None, name: str, capabili
     if not models:
         # An alias whose models the caller may not use looks exactly like no alias.
         raise ModelNotFound(name)
-    able = [m for m in models if m.can_serve(capability)]
-    if not able:
-        raise InvalidRequest(
-            f"No model behind `{name}` serves {capability}.",
-            param="model",
-            code="model_not_supported",
-        )
-    order, reason = order_candidates(able, strategy, name)
-    return Route(name=name, strategy=strategy, reason=reason, order=order)
+    return strategy, models
+
+
+# -- the route cache -----------------------------------------------------------------
+# Reading a name's candidates (allow-lists, model rows with prices, the alias) costs
+# about 8 ms of ORM and SQL per request. A process keeps them per (tenant, key, name)
+# under the tenant's AuthGeneration values read before the rows; a hit costs one
+# read of those two counters. Every change to a model, a price, an alias or an
+# allow-list bumps them in its own transaction (inference/signals.py), so it applies
+# to the very next request in every process. Cached rows are shared between
+# requests: read them, never change them. Unknown names are not cached.
+_ROUTE_CACHE_MAX = 10_000
+
+
+class _RouteCache:
+    def __init__(self) -> None:
+        self._entries: dict[tuple, tuple[tuple[str, list[LLMModel]], tuple[int, int], float]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(tenant: Tenant, api_key: ApiKey | None, name: str) -> tuple:
+        return (tenant.pk, api_key.pk if api_key is not None else None, name)
+
+    def get(self, tenant: Tenant, api_key: ApiKey | None, name: str):
+        entry = self._entries.get(self._key(tenant, api_key, name))
+        if entry is None:
+            return None
+        found, generations, loaded = entry
+        if time.monotonic() - loaded > settings.LLMSITE_KEY_CACHE_SECONDS or (
+            auth_generations(tenant.pk) != generations
+        ):
+            with self._lock:
+                self._entries.pop(self._key(tenant, api_key, name), None)
+            return None
+        return found
+
+    def put(self, tenant, api_key, name, found, generations: tuple[int, int]) -> None:
+        if settings.LLMSITE_KEY_CACHE_SECONDS <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= _ROUTE_CACHE_MAX:
+                self._entries.clear()
+            self._entries[self._key(tenant, api_key, name)] = (
+                found,
+                generations,
+                time.monotonic(),
+            )
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_routes = _RouteCache()
 
 
 def alias_list(*, tenant: Tenant, api_key: ApiKey | None) -> list[RouterAlias]:

@@ -75,6 +75,15 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_route_cache():
+    # Each test's rows (and AuthGeneration values) roll back, and primary keys are
+    # reused: a route cached in one test must not answer in the next.
+    from inference.router import _routes
+
+    _routes.clear()
+
+
+@pytest.fixture(autouse=True)
 def _isolated_quota_counters(settings):
     # Redis outlives each test's database: give every test its own counter keys.
     import uuid

@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 
 from accounts.services import tenant_models_set
 from billing.models import UsageRecord
+from billing.services import price_set
 from inference import router
 from inference.engine import SamplingParams
 from inference.live import live
@@ -285,6 +286,46 @@ def test_alias_of_models_the_tenant_may_not_use_is_a_404(client, tenant, gemma, 
     assert post(client, model="hidden").status_code == 404
     listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "hidden" not in listed
+
+
+# -- the route cache: fast on repeat, never stale --------------------------------------
+def test_a_repeated_name_is_resolved_from_the_cache(tenant, gemma, django_assert_num_queries):
+    first = router.route_resolve(tenant=tenant, api_key=None, name=MODEL, capability="completion")
+    with django_assert_num_queries(1):  # the AuthGeneration check, nothing else
+        again = router.route_resolve(
+            tenant=tenant, api_key=None, name=MODEL, capability="completion"
+        )
+    assert ids(again.order) == ids(first.order) == [MODEL]
+
+
+def test_a_price_change_bills_the_very_next_request(client, gemma):
+    price_set(model=gemma, prompt_per_million=Decimal(1), completion_per_million=Decimal(0))
+    assert post(client).status_code == 200
+    price_set(model=gemma, prompt_per_million=Decimal(1000), completion_per_million=Decimal(0))
+    response = post(client)
+    assert response.status_code == 200
+    prompt_tokens = response.json()["usage"]["prompt_tokens"]
+    latest = UsageRecord.objects.order_by("-id").first()
+    assert latest.cost == Decimal(1000) * prompt_tokens / 1_000_000
+
+
+def test_disabling_a_model_or_narrowing_an_allow_list_applies_at_once(client, tenant, gemma):
+    assert post(client).status_code == 200
+    gemma.enabled = False
+    gemma.save()
+    assert post(client).status_code == 404
+    gemma.enabled = True
+    gemma.save()
+    assert post(client).status_code == 200
+    tenant_models_set(tenant=tenant, models=[LLMModel.objects.create(model_id="other", path="x")])
+    assert post(client).status_code == 404
+
+
+def test_an_alias_change_applies_at_once(client, broken):
+    alias("smart", MODEL)
+    assert post(client, model="smart")["x-llmsite-model"] == MODEL
+    alias("smart", "broken")
+    assert post(client, model="smart").status_code == 503
 
 
 def test_aliases_are_listed_and_retrievable(client):
