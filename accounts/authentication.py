@@ -15,7 +15,7 @@ from rest_framework import authentication, exceptions, permissions
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from accounts.models import ApiKey, Membership, Role, Scope, Tenant
-from accounts.services import KEY_PREFIX, Actor, api_key_authenticate
+from accounts.services import KEY_PREFIX, Actor, api_key_authenticate, api_key_check
 from llmsite.errors import InvalidRequest, PermissionError_
 
 
@@ -29,6 +29,8 @@ class Principal:
     request_id: str = field(default="", compare=False)
     # Set when a JWT user belongs to several tenants and sent no X-Tenant.
     tenant_ambiguous: bool = False
+    # The tenant's AuthGeneration values read while authenticating this request.
+    generations: tuple[int, int] | None = field(default=None, compare=False)
 
     is_authenticated = True
     is_anonymous = False
@@ -72,11 +74,15 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             )
         if not token.startswith(KEY_PREFIX):
             return None  # a JWT, perhaps: the next class decides
-        key = api_key_authenticate(raw=token, actor_ip=client_ip(request))
+        key, generations = api_key_check(raw=token, actor_ip=client_ip(request))
         if key is None:
             raise exceptions.AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
         principal = Principal(
-            tenant=key.tenant, api_key=key, ip=client_ip(request), request_id=_request_id(request)
+            tenant=key.tenant,
+            api_key=key,
+            ip=client_ip(request),
+            request_id=_request_id(request),
+            generations=generations,
         )
         return principal, key
 
@@ -139,6 +145,8 @@ def principal_from_token(
     if not token:
         raise AuthenticationError("No credential: send an API key or an access token.")
     if token.startswith(KEY_PREFIX):
+        # No generations on this principal: a socket lives long, and each of its
+        # requests must check the caches afresh.
         key = api_key_authenticate(raw=token, actor_ip=ip)
         if key is None:
             raise AuthenticationError(f"Incorrect API key provided: {_redact(token)}.")

@@ -215,26 +215,34 @@ def api_key_authenticate(*, raw: str, actor_ip: str | None = None) -> ApiKey | N
     limits (the quota check right after needs them), from this process's cache
     when the generations it was loaded under are still current.
     """
+    return api_key_check(raw=raw, actor_ip=actor_ip)[0]
+
+
+def api_key_check(
+    *, raw: str, actor_ip: str | None = None
+) -> tuple[ApiKey | None, tuple[int, int] | None]:
+    """api_key_authenticate, plus the tenant's AuthGeneration values it was checked
+    against just now: the request's other per-process caches (routes) reuse them."""
     if not raw.startswith(KEY_PREFIX) or len(raw) > 200:
-        return None
+        return None, None
     prefix, _, _secret = raw[len(KEY_PREFIX) :].partition("_")
     if len(prefix) != _PREFIX_LEN:
-        return None
-    key = _key_cache.get(prefix)
+        return None, None
+    key, generations = _key_cache.get(prefix)
     if key is None:
-        key = _key_load(prefix)
+        key, generations = _key_load(prefix)
     # Hash and compare even when no row matched so timing does not reveal prefixes.
     expected = key.hashed_key if key else "0" * 64
     if not hmac.compare_digest(hash_key(raw), expected) or key is None:
-        return None
+        return None, None
     now = timezone.now()
     if key.expires_at is not None and key.expires_at <= now:
         _audit_expiry_once(key, actor_ip)
-        return None
+        return None, None
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
-    return key
+    return key, generations
 
 
 # -- the authenticated-key cache --------------------------------------------------------
@@ -261,16 +269,19 @@ class _KeyCache:
     def __init__(self) -> None:
         self._entries: dict[str, _CachedKey] = {}
 
-    def get(self, prefix: str) -> ApiKey | None:
+    def get(self, prefix: str) -> tuple[ApiKey | None, tuple[int, int] | None]:
+        """(the key, the generations just read), or (None, None) on a miss."""
         entry = self._entries.get(prefix)
         if entry is None:
-            return None
-        if time.monotonic() - entry.loaded > settings.LLMSITE_KEY_CACHE_SECONDS or (
-            auth_generations(entry.key.tenant_id) != entry.generations
-        ):
+            return None, None
+        if time.monotonic() - entry.loaded > settings.LLMSITE_KEY_CACHE_SECONDS:
             self._entries.pop(prefix, None)
-            return None
-        return entry.key
+            return None, None
+        generations = auth_generations(entry.key.tenant_id)
+        if generations != entry.generations:
+            self._entries.pop(prefix, None)
+            return None, None
+        return entry.key, generations
 
     def put(self, prefix: str, key: ApiKey, generations: tuple[int, int]) -> None:
         if settings.LLMSITE_KEY_CACHE_SECONDS <= 0:
@@ -286,7 +297,7 @@ class _KeyCache:
 _key_cache = _KeyCache()
 
 
-def _key_load(prefix: str) -> ApiKey | None:
+def _key_load(prefix: str) -> tuple[ApiKey | None, tuple[int, int] | None]:
     generation = AuthGeneration.objects.values("value")
     key = (
         ApiKey.objects.select_related("tenant", "tenant__billing__plan", "limits")
@@ -298,10 +309,11 @@ def _key_load(prefix: str) -> ApiKey | None:
         )
         .first()
     )
-    if key is not None:
-        generations = (key.tenant_generation or 0, key.global_generation or 0)
-        _key_cache.put(prefix, key, generations)
-    return key
+    if key is None:
+        return None, None
+    generations = (key.tenant_generation or 0, key.global_generation or 0)
+    _key_cache.put(prefix, key, generations)
+    return key, generations
 
 
 def auth_generations(tenant_id: int) -> tuple[int, int]:

@@ -269,15 +269,25 @@ def alias_queryset():
     return RouterAlias.objects.filter(enabled=True)
 
 
-def route_resolve(*, tenant: Tenant, api_key: ApiKey | None, name: str, capability: str) -> Route:
+def route_resolve(
+    *,
+    tenant: Tenant,
+    api_key: ApiKey | None,
+    name: str,
+    capability: str,
+    generations: tuple[int, int] | None = None,
+) -> Route:
     """The models `name` may route to for this caller, in try order. Sync: reads the DB.
 
     Raises ModelNotFound when the caller may use nothing under that name, and a
     400 when the name exists but none of its models can serve `capability`.
+    `generations`: the tenant's AuthGeneration values this request already read
+    (authenticating its key), saving the route cache a read of its own.
     """
-    found = _routes.get(tenant, api_key, name)
+    found = _routes.get(tenant, api_key, name, generations)
     if found is None:
-        generations = auth_generations(tenant.pk)  # read before the rows they describe
+        # Read before the rows they describe (auth's were, too).
+        generations = generations or auth_generations(tenant.pk)
         found = _candidates(tenant=tenant, api_key=api_key, name=name)
         _routes.put(tenant, api_key, name, found, generations)
     strategy, models = found
@@ -350,13 +360,13 @@ class _RouteCache:
     def _key(tenant: Tenant, api_key: ApiKey | None, name: str) -> tuple:
         return (tenant.pk, api_key.pk if api_key is not None else None, name)
 
-    def get(self, tenant: Tenant, api_key: ApiKey | None, name: str):
+    def get(self, tenant: Tenant, api_key: ApiKey | None, name: str, current=None):
         entry = self._entries.get(self._key(tenant, api_key, name))
         if entry is None:
             return None
         found, generations, loaded = entry
         if time.monotonic() - loaded > settings.LLMSITE_KEY_CACHE_SECONDS or (
-            auth_generations(tenant.pk) != generations
+            (current or auth_generations(tenant.pk)) != generations
         ):
             with self._lock:
                 self._entries.pop(self._key(tenant, api_key, name), None)

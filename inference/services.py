@@ -180,6 +180,7 @@ async def _serve(
             api_key=principal.api_key,
             name=data["model"],
             capability=capability,
+            generations=principal.generations,
         )
         for attempt, model in enumerate(route.order):
             last = attempt == len(route.order) - 1

@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.db import connections
 from rest_framework.test import APIClient
 
-from accounts.services import tenant_models_set
+from accounts.services import auth_generations, tenant_models_set
 from billing.models import UsageRecord
 from billing.services import price_set
 from inference import router
@@ -296,6 +296,19 @@ def test_a_repeated_name_is_resolved_from_the_cache(tenant, gemma, django_assert
             tenant=tenant, api_key=None, name=MODEL, capability="completion"
         )
     assert ids(again.order) == ids(first.order) == [MODEL]
+
+
+def test_generations_read_by_authentication_save_the_cache_its_own_read(
+    tenant, gemma, django_assert_num_queries
+):
+    current = auth_generations(tenant.pk)
+    router.route_resolve(
+        tenant=tenant, api_key=None, name=MODEL, capability="completion", generations=current
+    )
+    with django_assert_num_queries(0):
+        router.route_resolve(
+            tenant=tenant, api_key=None, name=MODEL, capability="completion", generations=current
+        )
 
 
 def test_a_price_change_bills_the_very_next_request(client, gemma):
