@@ -21,6 +21,7 @@ import asyncio
 import bisect
 import codecs
 import contextlib
+import ctypes
 import logging
 import math
 import random
@@ -204,17 +205,35 @@ class _Sampler:
 
         self._lib = llama_cpp
         self._n_vocab = engine.n_vocab
+        self._vocab = engine._vocab
+        self._n_ctx = engine.spec.n_ctx
+        self._seed: int | None = None
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._one_array = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
         bias = {int(t): float(b) for t, b in (params.logit_bias or {}).items()}
         self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
         self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
         self._bias_set = frozenset(bias)
         self.chain = None
+        # JSON mode: a chain without the grammar samples first and the grammar
+        # only checks the chosen token; the grammar runs over the whole
+        # vocabulary only when it refuses that token (as llama.cpp's own
+        # samplers do). Penalty state cannot be rewound, so not with penalties.
+        self.grammar = None
+        self.fast = None
+        self.grammar_full_passes = 0  # tokens for which the grammar ran over the vocabulary
         penalties = params.presence_penalty != 0 or params.frequency_penalty != 0
         if params.temperature <= 0 and not params.grammar and not penalties:
             return
-        lib = llama_cpp
+        self.chain = self._chain(params, bias, penalties=penalties, grammar=params.grammar)
+        if params.grammar and not penalties:
+            self.fast = self._chain(params, bias, penalties=False, grammar=None)
+
+    def _chain(self, params: SamplingParams, bias: dict, *, penalties: bool, grammar: str | None):
+        from llama_cpp import llama_cpp as lib
+
+        engine_vocab, n_ctx = self._vocab, self._n_ctx
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        self.chain = chain
         if bias:
             entries = (lib.llama_logit_bias * len(bias))(
                 *(lib.llama_logit_bias(t, b) for t, b in bias.items())
@@ -229,33 +248,38 @@ class _Sampler:
                 # takes; ints and floats travel in separate registers, so the C
                 # side reads the first int as penalty_last_n: pass it twice.
                 lib.llama_sampler_init_penalties(
-                    engine.spec.n_ctx,
-                    engine.spec.n_ctx,
-                    1.0,
-                    params.frequency_penalty,
-                    params.presence_penalty,
+                    n_ctx, n_ctx, 1.0, params.frequency_penalty, params.presence_penalty
                 ),
             )
-        if params.grammar:
-            grammar = lib.llama_sampler_init_grammar(
-                engine._vocab, params.grammar.encode("utf-8"), b"root"
-            )
-            if not grammar:
+        if grammar:
+            sampler = lib.llama_sampler_init_grammar(engine_vocab, grammar.encode("utf-8"), b"root")
+            if not sampler:
+                lib.llama_sampler_free(chain)
                 self.close()
                 raise EngineError("the grammar could not be parsed")
-            lib.llama_sampler_chain_add(chain, grammar)
+            lib.llama_sampler_chain_add(chain, sampler)
+            self.grammar = sampler  # owned by the chain
         if params.temperature <= 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return
-        seed = params.seed if params.seed is not None else random.getrandbits(32)
+            return chain
+        if self._seed is None:
+            self._seed = params.seed if params.seed is not None else random.getrandbits(32)
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
         if params.top_p < 1.0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(self._seed & 0xFFFFFFFF))
+        return chain
 
     def sample(self, ctx, row: int) -> int:
+        lib = self._lib
+        if self.fast is not None:
+            token = lib.llama_sampler_sample(self.fast, ctx, row)
+            if self._grammar_allows(token):
+                lib.llama_sampler_accept(self.grammar, token)
+                return token
         if self.chain is not None:
-            return self._lib.llama_sampler_sample(self.chain, ctx, row)
+            self.grammar_full_passes += self.grammar is not None
+            return lib.llama_sampler_sample(self.chain, ctx, row)
         logits = _logits_row(ctx, row, self._n_vocab)
         if not len(self._bias_ids):
             return int(logits.argmax())
@@ -269,10 +293,22 @@ class _Sampler:
         logits[self._bias_ids] = biased
         return int(logits.argmax())
 
+    def _grammar_allows(self, token: int) -> bool:
+        lib = self._lib
+        self._one[0].id = token
+        self._one[0].logit = 0.0
+        self._one_array.size = 1
+        self._one_array.selected = -1
+        lib.llama_sampler_apply(self.grammar, ctypes.byref(self._one_array))
+        return self._one[0].logit != -math.inf
+
     def close(self) -> None:
-        if self.chain is not None:
-            self._lib.llama_sampler_free(self.chain)
-            self.chain = None
+        for name in ("fast", "chain"):
+            chain = getattr(self, name)
+            if chain is not None:
+                self._lib.llama_sampler_free(chain)
+                setattr(self, name, None)
+        self.grammar = None
 
 
 def _logits_row(ctx, row: int, n_vocab: int):
@@ -372,6 +408,7 @@ class LlamaEngine:
                 "tokens_generated",
                 "decode_steps",
                 "sequences_moved",
+                "grammar_full_passes",
                 "embedding_batches",
             ),
             0,
@@ -718,6 +755,7 @@ class LlamaEngine:
     def _retire(self, seq: _Seq) -> None:
         """Free a finished sequence; its KV cells become a prefix cache entry."""
         seq.sampler.close()
+        self._counters["grammar_full_passes"] += seq.sampler.grammar_full_passes
         self._active.remove(seq)
         if seq.followers:
             # The leader left before its prompt was evaluated: its first

@@ -267,6 +267,23 @@ def test_json_mode_in_one_sequence_while_others_run_free_form(engine):
     assert_idle(engine)
 
 
+def test_json_mode_runs_the_grammar_over_the_vocabulary_only_when_it_refuses_a_token(engine):
+    # The token sampled without the grammar is checked against it; only a
+    # refused token costs a pass of the grammar over all 262k candidates.
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    content = 'Reply with a JSON object with keys "animal" and "legs" for a cat.'
+    prompt = _tokenize_chat(engine, "gemma", [{"role": "user", "content": content}])
+    before = engine.stats()["grammar_full_passes"]
+    text, finished = collect(
+        engine.submit(prompt, SamplingParams(max_tokens=24, temperature=0, grammar=JSON_GBNF))
+    )
+    passes = engine.stats()["grammar_full_passes"] - before
+    assert text.lstrip().startswith("{")
+    assert finished.completion_tokens > 10
+    assert passes < finished.completion_tokens / 2
+
+
 def test_concurrent_embedding_requests_match_one_at_a_time(engine):
     texts = ["The quick brown fox", "A lighthouse on the cliff", "Fresh bread"]
     alone = []
