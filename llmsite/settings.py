@@ -141,7 +141,14 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several sync threads write usage rows; wait for the lock instead of failing at once.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    # Write-ahead log: a commit appends to one file and syncs it once (the rollback
+    # journal syncs two), and readers never wait for a writer. Commits stay durable
+    # (synchronous=FULL, SQLite's default).
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL;",
+    }
     # A file, not memory, so that tests can hammer it from several processes.
     # Per process, so two suites in one checkout never share (and delete) one file.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test_llmsite_{os.getpid()}.sqlite3")}
