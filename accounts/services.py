@@ -255,46 +255,48 @@ def api_key_check(
 # Writes that skip signals (queryset.update(), raw SQL) are seen once an entry
 # is LLMSITE_KEY_CACHE_SECONDS old. Cached instances are shared between requests:
 # read them, never change them (last_used_at excepted, a hint).
-_KEY_CACHE_MAX = 10_000
+_CACHE_MAX = 10_000
 
 
-@dataclass
-class _CachedKey:
-    key: ApiKey
-    generations: tuple[int, int]  # (the tenant's, the global one)
-    loaded: float  # time.monotonic()
+class GenerationCache:
+    """Per-process entries that hold while their tenant's AuthGeneration values
+    are the ones read when the entry was loaded, for LLMSITE_KEY_CACHE_SECONDS
+    at most (the key cache here, the route cache in inference/router.py)."""
 
-
-class _KeyCache:
     def __init__(self) -> None:
-        self._entries: dict[str, _CachedKey] = {}
+        # key -> (value, tenant id, generations, time.monotonic() when loaded)
+        self._entries: dict = {}
 
-    def get(self, prefix: str) -> tuple[ApiKey | None, tuple[int, int] | None]:
-        """(the key, the generations just read), or (None, None) on a miss."""
-        entry = self._entries.get(prefix)
+    def get(self, key, current: tuple[int, int] | None = None):
+        """(value, generations) on a hit; (None, generations read or None) on a miss.
+
+        `current`: the tenant's values this request has already read.
+        """
+        entry = self._entries.get(key)
         if entry is None:
-            return None, None
-        if time.monotonic() - entry.loaded > settings.LLMSITE_KEY_CACHE_SECONDS:
-            self._entries.pop(prefix, None)
-            return None, None
-        generations = auth_generations(entry.key.tenant_id)
-        if generations != entry.generations:
-            self._entries.pop(prefix, None)
-            return None, None
-        return entry.key, generations
+            return None, current
+        value, tenant_id, generations, loaded = entry
+        if time.monotonic() - loaded > settings.LLMSITE_KEY_CACHE_SECONDS:
+            self._entries.pop(key, None)
+            return None, current
+        current = current or auth_generations(tenant_id)
+        if current != generations:
+            self._entries.pop(key, None)
+            return None, current
+        return value, current
 
-    def put(self, prefix: str, key: ApiKey, generations: tuple[int, int]) -> None:
+    def put(self, key, value, tenant_id: int, generations: tuple[int, int]) -> None:
         if settings.LLMSITE_KEY_CACHE_SECONDS <= 0:
             return
-        if len(self._entries) >= _KEY_CACHE_MAX:
+        if len(self._entries) >= _CACHE_MAX:
             self._entries.clear()  # rare: a full reload beats bookkeeping on every hit
-        self._entries[prefix] = _CachedKey(key, generations, time.monotonic())
+        self._entries[key] = (value, tenant_id, generations, time.monotonic())
 
     def clear(self) -> None:
         self._entries.clear()
 
 
-_key_cache = _KeyCache()
+_key_cache = GenerationCache()
 
 
 def _key_load(prefix: str) -> tuple[ApiKey | None, tuple[int, int] | None]:
@@ -312,7 +314,7 @@ def _key_load(prefix: str) -> tuple[ApiKey | None, tuple[int, int] | None]:
     if key is None:
         return None, None
     generations = (key.tenant_generation or 0, key.global_generation or 0)
-    _key_cache.put(prefix, key, generations)
+    _key_cache.put(prefix, key, key.tenant_id, generations)
     return key, generations
 
 

@@ -770,7 +770,7 @@ class LlamaEngine:
             seq.leader.followers.remove(seq)
         self._leave(seq.job)
         kept = seq.tokens[: seq.n_past]
-        if seq.leader is None and len(kept) >= _MIN_PREFIX and self.n_cache > 0:
+        if seq.leader is None and len(kept) >= _MIN_PREFIX:
             self._cache_store(seq.seq_id, kept)
         self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
         self._free_slots.append(seq.seq_id)

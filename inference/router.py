@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from accounts.models import ApiKey, Tenant
-from accounts.services import auth_generations
+from accounts.services import GenerationCache, auth_generations
 from inference.live import Figures, live
 from inference.models import STRATEGIES, LLMModel, RouterAlias
 from inference.registry import registry
@@ -284,12 +284,13 @@ def route_resolve(
     `generations`: the tenant's AuthGeneration values this request already read
     (authenticating its key), saving the route cache a read of its own.
     """
-    found = _routes.get(tenant, api_key, name, generations)
+    cache_key = (tenant.pk, api_key.pk if api_key is not None else None, name)
+    found, generations = _routes.get(cache_key, generations)
     if found is None:
         # Read before the rows they describe (auth's were, too).
         generations = generations or auth_generations(tenant.pk)
         found = _candidates(tenant=tenant, api_key=api_key, name=name)
-        _routes.put(tenant, api_key, name, found, generations)
+        _routes.put(cache_key, found, tenant.pk, generations)
     strategy, models = found
     if strategy == "direct":
         model = models[0]
@@ -348,49 +349,7 @@ def _candidates(*, tenant: Tenant, api_key: ApiKey | None, name: str) -> tuple[s
 # allow-list bumps them in its own transaction (inference/signals.py), so it applies
 # to the very next request in every process. Cached rows are shared between
 # requests: read them, never change them. Unknown names are not cached.
-_ROUTE_CACHE_MAX = 10_000
-
-
-class _RouteCache:
-    def __init__(self) -> None:
-        self._entries: dict[tuple, tuple[tuple[str, list[LLMModel]], tuple[int, int], float]] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _key(tenant: Tenant, api_key: ApiKey | None, name: str) -> tuple:
-        return (tenant.pk, api_key.pk if api_key is not None else None, name)
-
-    def get(self, tenant: Tenant, api_key: ApiKey | None, name: str, current=None):
-        entry = self._entries.get(self._key(tenant, api_key, name))
-        if entry is None:
-            return None
-        found, generations, loaded = entry
-        if time.monotonic() - loaded > settings.LLMSITE_KEY_CACHE_SECONDS or (
-            (current or auth_generations(tenant.pk)) != generations
-        ):
-            with self._lock:
-                self._entries.pop(self._key(tenant, api_key, name), None)
-            return None
-        return found
-
-    def put(self, tenant, api_key, name, found, generations: tuple[int, int]) -> None:
-        if settings.LLMSITE_KEY_CACHE_SECONDS <= 0:
-            return
-        with self._lock:
-            if len(self._entries) >= _ROUTE_CACHE_MAX:
-                self._entries.clear()
-            self._entries[self._key(tenant, api_key, name)] = (
-                found,
-                generations,
-                time.monotonic(),
-            )
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-_routes = _RouteCache()
+_routes = GenerationCache()
 
 
 def alias_list(*, tenant: Tenant, api_key: ApiKey | None) -> list[RouterAlias]:
