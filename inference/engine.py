@@ -121,18 +121,22 @@ class Handle:
         self.started = threading.Event()
 
     # -- engine side ------------------------------------------------------
-    def emit(self, event: object) -> None:
+    def emit(self, event: object, deferred: list | None = None) -> None:
+        """Queue an event and wake the consumer; with `deferred`, leave the wake-up there.
+
+        The engine defers the wake-ups of one step's tokens and sends them with
+        wake_all(): one call into each event loop per step, not one per token.
+        """
         with self._cond:
             self._events.append(event)
             self._cond.notify_all()
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, future = waiter
-            try:
-                loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:
-                # That loop is closed: nobody will read further events.
-                self._cancelled.set()
+        if waiter is None:
+            return
+        if deferred is not None:
+            deferred.append((self, waiter))
+        else:
+            wake_all([(self, waiter)])
 
     # -- caller side ------------------------------------------------------
     def cancel(self) -> None:
@@ -174,9 +178,27 @@ class Handle:
                 return
 
 
-def _wake(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
+_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future]
+
+
+def wake_all(waiters: list[tuple[Handle, _Waiter]]) -> None:
+    """Wake parked consumers: one call_soon_threadsafe per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Handle, asyncio.Future]]] = {}
+    for handle, (loop, future) in waiters:
+        by_loop.setdefault(loop, []).append((handle, future))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_wake, [future for _, future in items])
+        except RuntimeError:
+            # That loop is closed: nobody will read further events.
+            for handle, _ in items:
+                handle.cancel()
+
+
+def _wake(futures: list[asyncio.Future]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 @dataclass
@@ -386,6 +408,8 @@ class LlamaEngine:
         self._ctx = None
         self._mem = None
         self._batch = None
+        self._copy_buffer = (ctypes.c_uint8 * 0)()
+        self._deferred: list = []  # consumers to wake once a step's tokens are out
         self._embedder = None
         self._vocab = None
         self._pieces: dict[int, bytes] = {}
@@ -408,6 +432,7 @@ class LlamaEngine:
                 "tokens_generated",
                 "decode_steps",
                 "sequences_moved",
+                "kv_cells_copied",
                 "grammar_full_passes",
                 "embedding_batches",
             ),
@@ -529,6 +554,9 @@ class LlamaEngine:
                     except Exception as exc:
                         logger.exception("engine %s failed a step", self.spec.model_id)
                         self._fail_active(exc)
+                    finally:
+                        deferred, self._deferred = self._deferred, []
+                        wake_all(deferred)
                 self._snapshot_cells()
         finally:
             self._free()
@@ -613,10 +641,10 @@ class LlamaEngine:
         # Sliding-window layers keep every position too: a cached prefix stays
         # usable at any length (costs n_ctx cells per stream in those layers).
         params.swa_full = True
-        # Without flash attention, a sequence's logits do not depend on which
-        # other sequences share its batch (measured: bit for bit), so greedy
-        # output is the same alone or under load.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # Flash attention, as llama-server uses on CPU: 158 against 150 tok/s
+        # with 8 sequences here. Switching it off buys no determinism: either
+        # way a sequence's last bits depend on its batch's KV length (measured).
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
@@ -704,15 +732,33 @@ class LlamaEngine:
             top = self._active[-1]
             if top.seq_id < hole:
                 return
-            # Copied before the next decode (llama.cpp applies pending stream
-            # copies in order, before computing anything).
-            lib.llama_memory_seq_cp(self._mem, top.seq_id, hole, -1, -1)
+            self._copy_seq(top.seq_id, hole)
             lib.llama_memory_seq_rm(self._mem, top.seq_id, -1, -1)
             self._free_slots.remove(hole)
             self._free_slots.append(top.seq_id)
             top.seq_id = hole
             self._active.sort(key=_by_seq_id)
             self._counters["sequences_moved"] += 1
+
+    def _copy_seq(self, src: int, dst: int) -> None:
+        """Give the empty sequence `dst` a copy of the cells of `src`.
+
+        Between separate KV streams, llama_memory_seq_cp copies the whole stream,
+        every cell of n_ctx in every layer (about 20 ms at 4096 here) however few
+        cells the sequence uses. llama.cpp's sequence state holds only the cells in
+        use, so a trip through it costs in proportion to them (under 1 ms for a
+        140-token sequence).
+        """
+        lib, ctx = self._lib, self._ctx
+        size = lib.llama_state_seq_get_size(ctx, src)
+        if len(self._copy_buffer) < size:
+            self._copy_buffer = (ctypes.c_uint8 * max(size, 2 * len(self._copy_buffer)))()
+        buffer = self._copy_buffer
+        written = lib.llama_state_seq_get_data(ctx, buffer, size, src)
+        if written == 0 or lib.llama_state_seq_set_data(ctx, buffer, written, dst) != written:
+            lib.llama_memory_seq_rm(self._mem, dst, -1, -1)
+            raise EngineError(f"llama.cpp could not copy sequence {src} to {dst}")
+        self._counters["kv_cells_copied"] += lib.llama_memory_seq_pos_max(self._mem, dst) + 1
 
     def _evict(self) -> None:
         _, entry = self._cache.popitem(last=False)
@@ -734,7 +780,7 @@ class LlamaEngine:
             self._counters["prefix_cache_misses"] += 1
             return
         lib = self._lib
-        lib.llama_memory_seq_cp(self._mem, best.seq_id, seq.seq_id, -1, -1)
+        self._copy_seq(best.seq_id, seq.seq_id)
         if not lib.llama_memory_seq_rm(self._mem, seq.seq_id, reuse, -1):
             lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
             self._counters["prefix_cache_misses"] += 1
@@ -786,7 +832,7 @@ class LlamaEngine:
         if not self._free_cache_ids:
             self._evict()
         cache_id = self._free_cache_ids.pop()
-        self._lib.llama_memory_seq_cp(self._mem, slot, cache_id, -1, -1)
+        self._copy_seq(slot, cache_id)
         self._cache[cache_id] = _CacheEntry(cache_id, tokens)
 
     # -- one decode step for every active sequence ---------------------------------
@@ -855,7 +901,7 @@ class LlamaEngine:
             seq.n_past += 1
             for follower in list(seq.followers):
                 # n>1: copy the prompt's cells, and sample from the same logits.
-                lib.llama_memory_seq_cp(self._mem, seq.seq_id, follower.seq_id, -1, -1)
+                self._copy_seq(seq.seq_id, follower.seq_id)
                 follower.n_past = seq.n_past
                 follower.leader = None
                 self._counters["prompt_tokens_reused"] += seq.n_past
@@ -888,7 +934,7 @@ class LlamaEngine:
         text = seq.held + seq.decoder.decode(piece)
         emit, seq.held, stopped = _split_stop(text, tuple(s for s in params.stop if s))
         if emit or (seq.pending_logprobs and not seq.held):
-            handle.emit(TextDelta(emit, seq.pending_logprobs, seq.unsent))
+            handle.emit(TextDelta(emit, seq.pending_logprobs, seq.unsent), self._deferred)
             seq.pending_logprobs = []
             seq.unsent = 0
         if stopped:
