@@ -370,8 +370,14 @@ class _CacheEntry:
     tokens: list[int]
 
 
-# Reusing fewer cached tokens than this is not worth a cache slot's copy.
+# A finished sequence shorter than this is not worth a prefix cache slot.
 _MIN_PREFIX = 8
+# Copying a cached entry costs per cell it holds (the whole entry is copied,
+# then cut at the shared prefix); prefilling a prompt token costs about as much
+# as copying 600 cells here (3 ms against 5 us). A shared prefix is reused when
+# the copy is cheaper by this margin: any prefix of a short entry (the common
+# case: a prompt template's first words), only a long prefix of a long one.
+_CELLS_PER_TOKEN = 256
 # While other sequences decode, a step prefills at most this many prompt tokens,
 # so that a long prompt delays their next token by one short step, not one long one.
 _PREFILL_CHUNK = 256
@@ -771,12 +777,17 @@ class LlamaEngine:
         best, best_len = None, 0
         for entry in self._cache.values():
             n = _common_prefix(entry.tokens, prompt)
-            if n > best_len:
+            if n > best_len or (n == best_len and best and len(entry.tokens) < len(best.tokens)):
                 best, best_len = entry, n
         # At least the last prompt token is evaluated again: its logits pick the
         # first token, and a repeated prompt then follows the same computation.
         reuse = min(best_len, len(prompt) - 1)
-        if best is None or reuse < _MIN_PREFIX or not self._window_intact(best, reuse):
+        if (
+            best is None
+            or reuse < 1
+            or len(best.tokens) > reuse * _CELLS_PER_TOKEN
+            or not self._window_intact(best, reuse)
+        ):
             self._counters["prefix_cache_misses"] += 1
             return
         lib = self._lib

@@ -197,6 +197,25 @@ def test_a_shared_prefix_is_evaluated_once(engine):
     assert after["prompt_tokens_reused"] - before["prompt_tokens_reused"] >= shared - 1
 
 
+def test_a_short_shared_template_is_reused_too(engine):
+    # Prompts from one template share only their first few words; copying a
+    # short cached sequence costs less than evaluating even those.
+    first = engine.tokenize("Write a long story about a lighthouse keeper.")
+    second = engine.tokenize("Write a long story about a wolf.")
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    assert 2 <= shared < 8
+    params = SamplingParams(max_tokens=8, temperature=0)
+
+    collect(engine.submit(first, params))
+    before = engine.stats()
+    collect(engine.submit(second, params))
+    after = engine.stats()
+
+    assert after["prefix_cache_hits"] == before["prefix_cache_hits"] + 1
+    evaluated = after["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"]
+    assert evaluated <= len(second) - shared
+
+
 def test_a_chat_that_grows_turn_by_turn_reuses_the_previous_turn(engine):
     messages = [{"role": "user", "content": "Name a colour of the rainbow."}]
     params = SamplingParams(max_tokens=6, temperature=0)
