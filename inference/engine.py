@@ -738,7 +738,8 @@ class LlamaEngine:
             top = self._active[-1]
             if top.seq_id < hole:
                 return
-            self._copy_seq(top.seq_id, hole)
+            if not self._copy_seq(top.seq_id, hole):
+                return  # it stays where it is: one more pass per step, still correct
             lib.llama_memory_seq_rm(self._mem, top.seq_id, -1, -1)
             self._free_slots.remove(hole)
             self._free_slots.append(top.seq_id)
@@ -746,8 +747,8 @@ class LlamaEngine:
             self._active.sort(key=_by_seq_id)
             self._counters["sequences_moved"] += 1
 
-    def _copy_seq(self, src: int, dst: int) -> None:
-        """Give the empty sequence `dst` a copy of the cells of `src`.
+    def _copy_seq(self, src: int, dst: int) -> bool:
+        """Give the empty sequence `dst` a copy of the cells of `src`; False if it failed.
 
         Between separate KV streams, llama_memory_seq_cp copies the whole stream,
         every cell of n_ctx in every layer (about 20 ms at 4096 here) however few
@@ -763,8 +764,10 @@ class LlamaEngine:
         written = lib.llama_state_seq_get_data(ctx, buffer, size, src)
         if written == 0 or lib.llama_state_seq_set_data(ctx, buffer, written, dst) != written:
             lib.llama_memory_seq_rm(self._mem, dst, -1, -1)
-            raise EngineError(f"llama.cpp could not copy sequence {src} to {dst}")
+            logger.error("engine %s could not copy sequence %d to %d", self.spec.model_id, src, dst)
+            return False
         self._counters["kv_cells_copied"] += lib.llama_memory_seq_pos_max(self._mem, dst) + 1
+        return True
 
     def _evict(self) -> None:
         _, entry = self._cache.popitem(last=False)
@@ -791,8 +794,9 @@ class LlamaEngine:
             self._counters["prefix_cache_misses"] += 1
             return
         lib = self._lib
-        self._copy_seq(best.seq_id, seq.seq_id)
-        if not lib.llama_memory_seq_rm(self._mem, seq.seq_id, reuse, -1):
+        if not self._copy_seq(best.seq_id, seq.seq_id) or not lib.llama_memory_seq_rm(
+            self._mem, seq.seq_id, reuse, -1
+        ):
             lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
             self._counters["prefix_cache_misses"] += 1
             return
@@ -843,8 +847,10 @@ class LlamaEngine:
         if not self._free_cache_ids:
             self._evict()
         cache_id = self._free_cache_ids.pop()
-        self._copy_seq(slot, cache_id)
-        self._cache[cache_id] = _CacheEntry(cache_id, tokens)
+        if self._copy_seq(slot, cache_id):
+            self._cache[cache_id] = _CacheEntry(cache_id, tokens)
+        else:
+            self._free_cache_ids.append(cache_id)
 
     # -- one decode step for every active sequence ---------------------------------
     def _step(self) -> None:
@@ -911,10 +917,11 @@ class LlamaEngine:
                 self._counters["prompt_tokens_evaluated"] += 1
             seq.n_past += 1
             for follower in list(seq.followers):
-                # n>1: copy the prompt's cells, and sample from the same logits.
-                self._copy_seq(seq.seq_id, follower.seq_id)
-                follower.n_past = seq.n_past
                 follower.leader = None
+                if not self._copy_seq(seq.seq_id, follower.seq_id):
+                    continue  # it evaluates the prompt itself, from the next step
+                # n>1: the prompt's cells are copied; sample from the same logits.
+                follower.n_past = seq.n_past
                 self._counters["prompt_tokens_reused"] += seq.n_past
                 self._sample(follower, seq.row)
             seq.followers.clear()

@@ -146,6 +146,27 @@ def test_cancel_mid_stream_frees_the_sequence_for_the_next_request(small_engine)
     assert_idle(engine)
 
 
+def test_a_failed_cell_copy_costs_only_speed(small_engine, monkeypatch):
+    # Copies of cells (prefix cache, n>1, moves) go through llama.cpp's sequence
+    # state; should one fail, the sequence evaluates its prompt itself.
+    engine = small_engine
+    tokens = engine.tokenize(word_prompt("anchor"))
+    params = SamplingParams(max_tokens=6, temperature=0)
+    expected, _ = collect(engine.submit(tokens, params))
+    monkeypatch.setattr(engine, "_copy_seq", lambda src, dst: False)
+    before = engine.stats()
+
+    again = [engine.submit(tokens, params) for _ in range(3)]  # one waits: 2 sequences
+    results = [collect(handle) for handle in again]
+
+    assert [text for text, _ in results] == [expected] * 3
+    assert all(f.completion_tokens == 6 for _, f in results)
+    after = engine.stats()
+    assert after["prefix_cache_hits"] == before["prefix_cache_hits"]
+    assert after["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"] == 3 * len(tokens)
+    assert after["kv_cells_active"] == 0 and after["active_sequences"] == 0
+
+
 def test_no_cells_or_sequences_leak_after_500_mixed_requests(small_engine):
     engine = small_engine
     rng = random.Random(7)
