@@ -1,16 +1,20 @@
 """Aggregate throughput under concurrent streaming clients: llmsite against its peers.
 
-One run, one model, one thread count, one system at a time:
+One run, one model, one thread count; every system's server is started first
+and they take turns, one round at a time, so that a machine whose speed drifts
+during the run tilts no ratio:
 
   llmsite           daphne + Django with API-key auth, quotas, prices and usage records on
   llama-server      llama.cpp's C++ server from the xllamacpp wheel, same slot count
   llama_cpp.server  llama-cpp-python's own server (one request at a time)
 
 For each client count (1, 4, 8, 16 by default) every system gets one uncounted
-warm-up round, then --rounds rounds in which that many clients each stream one
-/v1/completions request at once: a distinct prompt per client, temperature 0,
---max-tokens tokens with the end-of-turn tokens banned through logit_bias, so
-every request runs to max_tokens. A token is one streamed SSE event with text.
+warm-up round, then --rounds rounds (the systems in turn, the first one
+rotating) in which that many clients each stream one /v1/completions request at
+once: a distinct prompt per client, temperature 0, --max-tokens tokens with the
+end-of-turn tokens banned through logit_bias, so every request runs to
+max_tokens. A token is one streamed SSE event with text. Only the system whose
+turn it is has work; the others sit idle.
 
   aggregate tok/s = tokens of all clients / (last client done - first client start)
   TTFT            = first token - that client's request start (median and p99 over
@@ -24,6 +28,7 @@ The median aggregate over rounds is reported, with llmsite's ratio to each peer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -168,28 +173,61 @@ def run_round(
     return sum(tokens) / (done - min(starts)), [r[1] - r[0] for r in results], tokens
 
 
-def measure(
-    name: str, url: str, make_payload: Callable[[int], dict], cfg: Config, pid: int, headers=None
-) -> SystemResult:
-    result = SystemResult(name)
-    headers = headers or {}
-    watch = CpuWatch([os.getpid(), pid])
+@dataclass
+class Target:
+    """A started server, ready for rounds."""
+
+    name: str
+    url: str
+    make_payload: Callable[[int], dict]
+    pid: int
+    headers: dict = field(default_factory=dict)
+
+
+def one_round(
+    n: int, target: Target, result: SystemResult
+) -> tuple[float, list[float], list[int]] | None:
+    """One round against `target`; a failure drops the system from the rest of the run."""
+    try:
+        return run_round(n, target.url, target.make_payload, target.headers)
+    except (BenchError, httpx.HTTPError, OSError) as exc:
+        log(f"  {target.name}: dropped: {exc}")
+        result.error = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def measure(targets: list[Target], cfg: Config) -> list[SystemResult]:
+    """Every client count, each system in turn round by round (who goes first rotates)."""
+    results = {t.name: SystemResult(t.name) for t in targets}
+    watch = CpuWatch([os.getpid(), *(t.pid for t in targets)])
     for n in cfg.clients:
-        level = Level(n)
-        run_round(n, url, make_payload, headers)  # warm-up, not counted
+        live = [t for t in targets if not results[t.name].error]
+        levels = {t.name: Level(n) for t in live}
+        for target in live:
+            one_round(n, target, results[target.name])  # warm-up, not counted
         for r in range(cfg.rounds):
-            tps, ttfts, tokens = run_round(n, url, make_payload, headers)
-            level.aggregate.append(tps)
-            level.ttft += ttfts
-            level.tokens += tokens
-            log(
-                f"  {name}: {n} clients, round {r + 1}/{cfg.rounds}: {tps:.1f} tok/s, "
-                f"TTFT median {statistics.median(ttfts) * 1000:.0f} ms, "
-                f"tokens {min(tokens)}-{max(tokens)}"
-            )
-        result.levels[n] = level
-    result.other_cpu = watch.other_cores()
-    return result
+            turn = r % len(live) if live else 0
+            for target in live[turn:] + live[:turn]:
+                result = results[target.name]
+                if result.error or (done := one_round(n, target, result)) is None:
+                    continue
+                tps, ttfts, tokens = done
+                level = levels[target.name]
+                level.aggregate.append(tps)
+                level.ttft += ttfts
+                level.tokens += tokens
+                log(
+                    f"  {target.name}: {n} clients, round {r + 1}/{cfg.rounds}: {tps:.1f} tok/s, "
+                    f"TTFT median {statistics.median(ttfts) * 1000:.0f} ms, "
+                    f"tokens {min(tokens)}-{max(tokens)}"
+                )
+        for target in live:
+            if not results[target.name].error:
+                results[target.name].levels[n] = levels[target.name]
+    other = watch.other_cores()
+    for result in results.values():
+        result.other_cpu = other
+    return [results[t.name] for t in targets]
 
 
 def payload_maker(model: str, cfg: Config, extra: dict | None = None) -> Callable[[int], dict]:
@@ -208,7 +246,7 @@ def payload_maker(model: str, cfg: Config, extra: dict | None = None) -> Callabl
 
 
 # -- the systems ---------------------------------------------------------------------------
-def bench_llmsite(cfg: Config, workdir: Path) -> SystemResult:
+def start_llmsite(cfg: Config, workdir: Path, stack: contextlib.ExitStack) -> Target:
     data_dir = workdir / "llmsite-data"
     data_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
@@ -231,15 +269,15 @@ def bench_llmsite(cfg: Config, workdir: Path) -> SystemResult:
     port = free_port()
     log_path = workdir / "llmsite.log"
     cmd = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "llmsite.asgi:application"]
-    with server_process(cmd, log_path, env) as proc:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_ready(proc, f"{base}/ready", log_path)
-        headers = {"Authorization": f"Bearer {key}"}
-        make = payload_maker(LLMSITE_MODEL, cfg)
-        return measure(LLMSITE, f"{base}/v1/completions", make, cfg, proc.pid, headers)
+    proc = stack.enter_context(server_process(cmd, log_path, env))
+    base = f"http://127.0.0.1:{port}"
+    wait_until_ready(proc, f"{base}/ready", log_path)
+    headers = {"Authorization": f"Bearer {key}"}
+    make = payload_maker(LLMSITE_MODEL, cfg)
+    return Target(LLMSITE, f"{base}/v1/completions", make, proc.pid, headers)
 
 
-def bench_llama_server(cfg: Config, workdir: Path) -> SystemResult:
+def start_llama_server(cfg: Config, workdir: Path, stack: contextlib.ExitStack) -> Target:
     port = free_port()
     log_path = workdir / "llama_server.log"
     cmd = [
@@ -250,14 +288,14 @@ def bench_llama_server(cfg: Config, workdir: Path) -> SystemResult:
         "--parallel", str(cfg.slots),
         "--port", str(port),
     ]  # fmt: skip
-    with server_process(cmd, log_path) as proc:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_ready(proc, f"{base}/health", log_path)
-        make = payload_maker(first_model_id(base), cfg)
-        return measure(LLAMA_SERVER, f"{base}/v1/completions", make, cfg, proc.pid)
+    proc = stack.enter_context(server_process(cmd, log_path))
+    base = f"http://127.0.0.1:{port}"
+    wait_until_ready(proc, f"{base}/health", log_path)
+    make = payload_maker(first_model_id(base), cfg)
+    return Target(LLAMA_SERVER, f"{base}/v1/completions", make, proc.pid)
 
 
-def bench_llama_cpp_server(cfg: Config, workdir: Path) -> SystemResult:
+def start_llama_cpp_server(cfg: Config, workdir: Path, stack: contextlib.ExitStack) -> Target:
     port = free_port()
     log_path = workdir / "llama_cpp_server.log"
     threads = str(cfg.threads)
@@ -271,20 +309,20 @@ def bench_llama_cpp_server(cfg: Config, workdir: Path) -> SystemResult:
         "--port", str(port),
         "--verbose", "False",
     ]  # fmt: skip
-    with server_process(cmd, log_path) as proc:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_ready(proc, f"{base}/v1/models", log_path)
-        make = payload_maker(first_model_id(base), cfg, {"repeat_penalty": 1.0})
-        return measure(LLAMA_CPP_SERVER, f"{base}/v1/completions", make, cfg, proc.pid)
+    proc = stack.enter_context(server_process(cmd, log_path))
+    base = f"http://127.0.0.1:{port}"
+    wait_until_ready(proc, f"{base}/v1/models", log_path)
+    make = payload_maker(first_model_id(base), cfg, {"repeat_penalty": 1.0})
+    return Target(LLAMA_CPP_SERVER, f"{base}/v1/completions", make, proc.pid)
 
 
-def guarded(name: str, run: Callable[[], SystemResult]) -> SystemResult:
-    log(f"{name} ...")
+def guarded(name: str, start: Callable[[], Target]) -> tuple[Target | None, SystemResult | None]:
+    log(f"starting {name} ...")
     try:
-        return run()
+        return start(), None
     except (BenchError, httpx.HTTPError, OSError, KeyError, ValueError) as exc:
         log(f"  {name}: skipped: {exc}")
-        return SystemResult(name, error=f"{type(exc).__name__}: {exc}")
+        return None, SystemResult(name, error=f"{type(exc).__name__}: {exc}")
 
 
 # -- reporting -----------------------------------------------------------------------------
@@ -403,14 +441,23 @@ def main(argv: list[str] | None = None) -> int:
         ban=eog_bias(model_path),
     )
     systems = {
-        LLMSITE: bench_llmsite,
-        LLAMA_SERVER: bench_llama_server,
-        LLAMA_CPP_SERVER: bench_llama_cpp_server,
+        LLMSITE: start_llmsite,
+        LLAMA_SERVER: start_llama_server,
+        LLAMA_CPP_SERVER: start_llama_cpp_server,
     }
-    results = []
-    with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as tmp:
-        for name in args.systems.split(","):
-            results.append(guarded(name, lambda name=name: systems[name](cfg, Path(tmp))))
+    names = args.systems.split(",")
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-concurrency-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        started = {
+            name: guarded(name, lambda name=name: systems[name](cfg, Path(tmp), stack))
+            for name in names
+        }
+        measured = iter(measure([t for t, _ in started.values() if t is not None], cfg))
+        results = [
+            failed if failed is not None else next(measured) for _, failed in started.values()
+        ]
     print(
         f"{cfg.max_tokens} tokens per client, EOS banned, {cfg.threads} threads, "
         f"{cfg.slots} slots, median of {cfg.rounds} rounds"
