@@ -196,7 +196,7 @@ def one_round(
         return None
 
 
-def measure(targets: list[Target], cfg: Config) -> list[SystemResult]:
+def measure(targets: list[Target], cfg: Config) -> dict[str, SystemResult]:
     """Every client count, each system in turn round by round (who goes first rotates)."""
     results = {t.name: SystemResult(t.name) for t in targets}
     watch = CpuWatch([os.getpid(), *(t.pid for t in targets)])
@@ -227,7 +227,7 @@ def measure(targets: list[Target], cfg: Config) -> list[SystemResult]:
     other = watch.other_cores()
     for result in results.values():
         result.other_cpu = other
-    return [results[t.name] for t in targets]
+    return results
 
 
 def payload_maker(model: str, cfg: Config, extra: dict | None = None) -> Callable[[int], dict]:
@@ -454,10 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             name: guarded(name, lambda name=name: systems[name](cfg, Path(tmp), stack))
             for name in names
         }
-        measured = iter(measure([t for t, _ in started.values() if t is not None], cfg))
-        results = [
-            failed if failed is not None else next(measured) for _, failed in started.values()
-        ]
+        measured = measure([t for t, _ in started.values() if t is not None], cfg)
+        results = [failed or measured[name] for name, (_, failed) in started.items()]
     print(
         f"{cfg.max_tokens} tokens per client, EOS banned, {cfg.threads} threads, "
         f"{cfg.slots} slots, median of {cfg.rounds} rounds"
