@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+import time_machine
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_issue, tenant_get_or_create
@@ -27,6 +30,16 @@ def _release_test_database(django_db_setup, django_db_blocker):
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     connections.close_all()
+
+
+@pytest.fixture
+def fresh_minute():
+    """Per-minute limits count in fixed UTC windows: run the test from the start of a
+    minute, the clock ticking on, so that its requests never straddle two windows.
+    Processes forked during the test inherit the clock."""
+    start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    with time_machine.travel(start, tick=True):
+        yield start
 
 
 @pytest.fixture

@@ -149,7 +149,7 @@ def test_client_chosen_model_names_never_become_labels(client):
     assert value(after, "llmsite_http_requests_total", **route) >= 1
 
 
-def test_quota_refusals_are_counted_by_code(client, tenant, loaded):
+def test_quota_refusals_are_counted_by_code(client, tenant, loaded, fresh_minute):
     before = scrape()
     call_command("set_quota", "--tenant", "acme", "--tokens-per-day", "10", stdout=StringIO())
     r = client.post(

@@ -99,7 +99,9 @@ def backend(request, settings):
     return request.param
 
 
-def test_items_past_the_keys_rpm_get_429_while_the_others_answer(backend, tenant, gemma):
+def test_items_past_the_keys_rpm_get_429_while_the_others_answer(
+    backend, tenant, gemma, fresh_minute
+):
     key, raw = api_key_issue(tenant=tenant, name="rpm")
     limits_set(tenant=tenant, api_key=key, rpm=3)
     client = APIClient()
