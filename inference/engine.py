@@ -292,17 +292,24 @@ class _Sampler:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(self._seed & 0xFFFFFFFF))
         return chain
 
-    def sample(self, ctx, row: int) -> int:
+    def sample(self, ctx, row: int, stored: np.ndarray | None = None) -> int:
+        """The next token from batch row `row`, or from a stored logits row."""
         lib = self._lib
+
+        def run(chain) -> int:
+            if stored is None:
+                return lib.llama_sampler_sample(chain, ctx, row)
+            return self._sample_stored(chain, stored)
+
         if self.fast is not None:
-            token = lib.llama_sampler_sample(self.fast, ctx, row)
+            token = run(self.fast)
             if self._grammar_allows(token):
                 lib.llama_sampler_accept(self.grammar, token)
                 return token
         if self.chain is not None:
             self.grammar_full_passes += self.grammar is not None
-            return lib.llama_sampler_sample(self.chain, ctx, row)
-        logits = _logits_row(ctx, row, self._n_vocab)
+            return run(self.chain)
+        logits = _logits_row(ctx, row, self._n_vocab) if stored is None else stored
         if not len(self._bias_ids):
             return int(logits.argmax())
         best = int(logits.argmax())
@@ -314,6 +321,21 @@ class _Sampler:
         logits = logits.copy()  # the winner itself is biased: rank everything again
         logits[self._bias_ids] = biased
         return int(logits.argmax())
+
+    def _sample_stored(self, chain, logits: np.ndarray) -> int:
+        """What llama_sampler_sample does, over a logits row kept from an earlier step."""
+        lib = self._lib
+        candidates = np.empty(self._n_vocab, dtype=_TOKEN_DATA)
+        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        array = lib.llama_token_data_array(
+            candidates.ctypes.data_as(lib.llama_token_data_p), self._n_vocab, -1, False
+        )
+        lib.llama_sampler_apply(chain, ctypes.byref(array))
+        token = int(candidates["id"][array.selected])
+        lib.llama_sampler_accept(chain, token)
+        return token
 
     def _grammar_allows(self, token: int) -> bool:
         lib = self._lib
@@ -331,6 +353,10 @@ class _Sampler:
                 self._lib.llama_sampler_free(chain)
                 setattr(self, name, None)
         self.grammar = None
+
+
+# llama_token_data, as numpy lays it out: a candidates array without a Python loop.
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
 def _logits_row(ctx, row: int, n_vocab: int):
@@ -351,6 +377,9 @@ class _Seq:
     row: int = -1  # this step's logits row in the batch, or -1
     leader: _Seq | None = None  # n>1: a sequence whose prompt KV this one will copy
     followers: list[_Seq] = field(default_factory=list)
+    # The logits after the prompt's last token: an exact repeat of this prompt
+    # samples its first token from them instead of evaluating anything.
+    prompt_logits: np.ndarray | None = None
     completion_tokens: int = 0
     unsent: int = 0  # tokens generated but not yet part of an emitted delta
     held: str = ""  # text withheld because it may be the start of a stop string
@@ -368,6 +397,8 @@ class _Seq:
 class _CacheEntry:
     seq_id: int
     tokens: list[int]
+    prompt_len: int = 0  # tokens[:prompt_len] was a prompt, and `logits` came after it
+    logits: np.ndarray | None = None
 
 
 # A finished sequence shorter than this is not worth a prefix cache slot.
@@ -552,17 +583,18 @@ class LlamaEngine:
                         break
                     jobs = self._take_jobs()
                     self._in_flight += sum(isinstance(j, _GenerateJob) for j in jobs)
-                self._start(jobs)
-                self._compact()
-                if self._active:
-                    try:
-                        self._step()
-                    except Exception as exc:
-                        logger.exception("engine %s failed a step", self.spec.model_id)
-                        self._fail_active(exc)
-                    finally:
-                        deferred, self._deferred = self._deferred, []
-                        wake_all(deferred)
+                try:
+                    self._start(jobs)
+                    self._compact()
+                    if self._active:
+                        try:
+                            self._step()
+                        except Exception as exc:
+                            logger.exception("engine %s failed a step", self.spec.model_id)
+                            self._fail_active(exc)
+                finally:
+                    deferred, self._deferred = self._deferred, []
+                    wake_all(deferred)
                 self._snapshot_cells()
         finally:
             self._free()
@@ -775,16 +807,24 @@ class LlamaEngine:
         self._free_cache_ids.append(entry.seq_id)
 
     def _reuse_prefix(self, seq: _Seq) -> None:
-        """Start `seq` from the cached sequence sharing the longest prefix with its prompt."""
+        """Start `seq` from the cached sequence sharing the longest prefix with its prompt.
+
+        An exact repeat of a cached prompt takes all its cells and the logits that
+        followed them: nothing is evaluated, and the first token is sampled from
+        the same numbers as the first time (greedy gives the same text).
+        """
         prompt = seq.tokens
-        best, best_len = None, 0
+        best, best_len, exact = None, 0, False
         for entry in self._cache.values():
             n = _common_prefix(entry.tokens, prompt)
-            if n > best_len or (n == best_len and best and len(entry.tokens) < len(best.tokens)):
-                best, best_len = entry, n
-        # At least the last prompt token is evaluated again: its logits pick the
-        # first token, and a repeated prompt then follows the same computation.
-        reuse = min(best_len, len(prompt) - 1)
+            hit = n == len(prompt) == entry.prompt_len and entry.logits is not None
+            if (hit, n) > (exact, best_len) or (
+                (hit, n) == (exact, best_len) and best and len(entry.tokens) < len(best.tokens)
+            ):
+                best, best_len, exact = entry, n, hit
+        # Otherwise at least the last prompt token is evaluated: its logits pick
+        # the first token.
+        reuse = best_len if exact else min(best_len, len(prompt) - 1)
         if (
             best is None
             or reuse < 1
@@ -802,6 +842,8 @@ class LlamaEngine:
             return
         self._cache.move_to_end(best.seq_id)
         seq.n_past = reuse
+        if exact:
+            seq.prompt_logits = best.logits  # read only: shared with the entry
         self._counters["prefix_cache_hits"] += 1
         self._counters["prompt_tokens_reused"] += reuse
 
@@ -832,12 +874,22 @@ class LlamaEngine:
         self._leave(seq.job)
         kept = seq.tokens[: seq.n_past]
         if seq.leader is None and len(kept) >= _MIN_PREFIX:
-            self._cache_store(seq.seq_id, kept)
+            self._cache_store(seq, kept)
         self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
         self._free_slots.append(seq.seq_id)
 
-    def _cache_store(self, slot: int, tokens: list[int]) -> None:
+    def _cache_store(self, seq: _Seq, tokens: list[int]) -> None:
         """Keep a finished slot's cells as a prefix cache entry (a copy of its stream)."""
+        logits = seq.prompt_logits if len(tokens) >= seq.prompt_len else None
+        for entry in self._cache.values():
+            covered = _common_prefix(entry.tokens, tokens) == len(tokens)
+            if covered and (
+                logits is None or (entry.logits is not None and entry.prompt_len == seq.prompt_len)
+            ):
+                # An entry already holds these cells and this prompt's logits
+                # (an exact repeat that generated the same tokens, or fewer).
+                self._cache.move_to_end(entry.seq_id)
+                return
         for entry in list(self._cache.values()):
             if _common_prefix(entry.tokens, tokens) == len(entry.tokens):
                 # The new entry covers the old one.
@@ -847,8 +899,8 @@ class LlamaEngine:
         if not self._free_cache_ids:
             self._evict()
         cache_id = self._free_cache_ids.pop()
-        if self._copy_seq(slot, cache_id):
-            self._cache[cache_id] = _CacheEntry(cache_id, tokens)
+        if self._copy_seq(seq.seq_id, cache_id):
+            self._cache[cache_id] = _CacheEntry(cache_id, tokens, seq.prompt_len, logits)
         else:
             self._free_cache_ids.append(cache_id)
 
@@ -857,12 +909,23 @@ class LlamaEngine:
         lib = self._lib
         for seq in [s for s in self._active if s.job.handle.cancelled]:
             self._finish(seq, "cancelled")
+        # Exact repeats of a cached prompt: every cell is there, and so are the
+        # logits that followed it.
+        for seq in [
+            s
+            for s in self._active
+            if s.leader is None and s.completion_tokens == 0 and s.n_past == len(s.tokens)
+        ]:
+            self._prompt_done(seq, -1, seq.prompt_logits)
+        if self._deferred:
+            # Those first tokens go out now, not after the decode below.
+            deferred, self._deferred = self._deferred, []
+            wake_all(deferred)
         if not self._active:
             return
-        # Sequences one token away from their next logits go first: a
-        # generated token, or a prompt's last token (always evaluated on its
-        # own, like a generated one, so that a prompt gives the same logits
-        # whether its prefix was cached or computed). Prompts fill the rest.
+        # Sequences one token away from their next logits go first (a generated
+        # token, or a prompt's last one); prompts fill the rest of the batch,
+        # their last token with logits when the whole rest fits.
         plan: list[tuple[_Seq, int, bool]] = []  # (sequence, tokens, wants logits)
         for seq in self._active:
             seq.row = -1
@@ -874,10 +937,10 @@ class LlamaEngine:
         for seq in self._active:
             if budget <= 0:
                 break
-            remaining = len(seq.tokens) - 1 - seq.n_past
-            if seq.leader is None and remaining > 0:
+            remaining = len(seq.tokens) - seq.n_past
+            if seq.leader is None and remaining > 1:
                 take = min(budget, remaining)
-                plan.append((seq, take, False))
+                plan.append((seq, take, take == remaining))
                 budget -= take
         if not plan:
             return
@@ -887,7 +950,6 @@ class LlamaEngine:
         batch = self._batch
         n = 0
         rows: list[_Seq] = []
-        chunks: list[tuple[_Seq, int]] = []
         for seq, count, logits in plan:
             sid = seq.seq_id
             start = seq.n_past
@@ -902,30 +964,35 @@ class LlamaEngine:
                 batch.logits[n - 1] = 1
                 seq.row = n - 1
                 rows.append(seq)
-            else:
-                chunks.append((seq, count))
         batch.n_tokens = n
         status = lib.llama_decode(self._ctx, batch)
         self._counters["decode_steps"] += 1
         if status != 0:
             raise EngineError(f"llama_decode failed ({status})")
-        for seq, take in chunks:
-            seq.n_past += take
-            self._counters["prompt_tokens_evaluated"] += take
+        for seq, count, _ in plan:
+            seq.n_past += count
+            if seq.completion_tokens == 0:
+                self._counters["prompt_tokens_evaluated"] += count
         for seq in rows:
             if seq.completion_tokens == 0:
-                self._counters["prompt_tokens_evaluated"] += 1
-            seq.n_past += 1
-            for follower in list(seq.followers):
-                follower.leader = None
-                if not self._copy_seq(seq.seq_id, follower.seq_id):
-                    continue  # it evaluates the prompt itself, from the next step
-                # n>1: the prompt's cells are copied; sample from the same logits.
-                follower.n_past = seq.n_past
-                self._counters["prompt_tokens_reused"] += seq.n_past
-                self._sample(follower, seq.row)
-            seq.followers.clear()
-            self._sample(seq, seq.row)
+                seq.prompt_logits = _logits_row(self._ctx, seq.row, self.n_vocab).copy()
+                self._prompt_done(seq, seq.row)
+            else:
+                self._sample(seq, seq.row)
+
+    def _prompt_done(self, seq: _Seq, row: int, stored: np.ndarray | None = None) -> None:
+        """A prompt is in the cells: sample its first token, and its n>1 followers'."""
+        for follower in list(seq.followers):
+            follower.leader = None
+            if not self._copy_seq(seq.seq_id, follower.seq_id):
+                continue  # it evaluates the prompt itself, from the next step
+            # n>1: the prompt's cells are copied; sample from the same logits.
+            follower.n_past = seq.n_past
+            follower.prompt_logits = seq.prompt_logits
+            self._counters["prompt_tokens_reused"] += seq.n_past
+            self._sample(follower, row, stored)
+        seq.followers.clear()
+        self._sample(seq, row, stored)
 
     def _fail_active(self, exc: Exception) -> None:
         for seq in list(self._active):
@@ -935,8 +1002,9 @@ class LlamaEngine:
                 seq.n_past = 0
                 self._retire(seq)
 
-    def _sample(self, seq: _Seq, row: int) -> None:
-        token = seq.sampler.sample(self._ctx, row)
+    def _sample(self, seq: _Seq, row: int, stored: np.ndarray | None = None) -> None:
+        """Sample from batch row `row`, or from `stored` logits when given."""
+        token = seq.sampler.sample(self._ctx, row, stored)
         if self._lib.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
             return
@@ -948,7 +1016,9 @@ class LlamaEngine:
         self._counters["tokens_generated"] += 1
         piece = self._piece(token)
         if params.logprobs is not None:
-            seq.pending_logprobs.append(self._token_logprob(token, piece, params.logprobs, row))
+            seq.pending_logprobs.append(
+                self._token_logprob(token, piece, params.logprobs, row, stored)
+            )
         text = seq.held + seq.decoder.decode(piece)
         emit, seq.held, stopped = _split_stop(text, tuple(s for s in params.stop if s))
         if emit or (seq.pending_logprobs and not seq.held):
@@ -997,8 +1067,11 @@ class LlamaEngine:
                 "kv_cells_cached": cached,
             }
 
-    def _token_logprob(self, token: int, piece: bytes, top_n: int, row: int) -> TokenLogprob:
-        logits = _logits_row(self._ctx, row, self.n_vocab).astype(np.float64)
+    def _token_logprob(
+        self, token: int, piece: bytes, top_n: int, row: int, stored: np.ndarray | None = None
+    ) -> TokenLogprob:
+        logits = _logits_row(self._ctx, row, self.n_vocab) if stored is None else stored
+        logits = logits.astype(np.float64)
         peak = logits.max()
         logsumexp = peak + math.log(np.exp(logits - peak).sum())
         chosen = float(logits[token] - logsumexp)

@@ -257,10 +257,53 @@ def test_repeated_prompt_gives_the_same_greedy_text_from_the_cache(engine):
     tokens = engine.tokenize(word_prompt("lantern") + " and then I say")
     params = SamplingParams(max_tokens=10, temperature=0)
     first, _ = collect(engine.submit(tokens, params))
-    hits = engine.stats()["prefix_cache_hits"]
-    second, _ = collect(engine.submit(tokens, params))
-    assert engine.stats()["prefix_cache_hits"] == hits + 1
+    before = engine.stats()
+    second, finished = collect(engine.submit(tokens, params))
+    after = engine.stats()
+    assert after["prefix_cache_hits"] == before["prefix_cache_hits"] + 1
     assert first == second
+    assert finished.prompt_tokens == len(tokens)
+    # Every prompt cell came from the cache, and the first token from the
+    # logits kept with it: not one prompt token was evaluated again.
+    assert after["prompt_tokens_evaluated"] == before["prompt_tokens_evaluated"]
+    assert after["prompt_tokens_reused"] - before["prompt_tokens_reused"] == len(tokens)
+
+
+def test_a_repeated_prompt_samples_the_same_way_from_the_kept_logits(engine):
+    # Temperature, top_p, a seed, a bias and log probabilities: the sampler
+    # chain runs over the kept logits exactly as over a fresh batch row.
+    tokens = engine.tokenize(word_prompt("compass") + " and the sea")
+    params = SamplingParams(
+        max_tokens=6, temperature=0.9, top_p=0.95, seed=7, logprobs=2, logit_bias=no_eos(engine)
+    )
+
+    def run():
+        deltas = [e for e in engine.submit(tokens, params) if isinstance(e, TextDelta)]
+        text = "".join(d.text for d in deltas)
+        return text, [(lp.token, lp.logprob) for d in deltas for lp in d.logprobs]
+
+    first_text, first_logprobs = run()
+    before = engine.stats()
+    second_text, second_logprobs = run()
+    after = engine.stats()
+    assert after["prompt_tokens_evaluated"] == before["prompt_tokens_evaluated"]
+    assert second_text == first_text
+    assert second_logprobs == first_logprobs
+    assert len(first_logprobs) == 6
+
+
+def test_a_new_prompt_gets_its_first_token_from_one_decode(engine):
+    tokens = engine.tokenize(word_prompt("meadow") + " in the morning")
+    before = engine.stats()
+    text, finished = collect(engine.submit(tokens, SamplingParams(max_tokens=1, temperature=0)))
+    after = engine.stats()
+    assert finished.completion_tokens == 1 and text
+    # The prompt, its last token included, is evaluated in one llama_decode
+    # (what the template shares with earlier prompts comes from the cache).
+    assert after["decode_steps"] - before["decode_steps"] == 1
+    evaluated = after["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"]
+    reused = after["prompt_tokens_reused"] - before["prompt_tokens_reused"]
+    assert evaluated + reused == len(tokens) and evaluated > 1
 
 
 def test_n_choices_share_the_prompt_cells(engine):
@@ -270,13 +313,23 @@ def test_n_choices_share_the_prompt_cells(engine):
         engine.submit(tokens, SamplingParams(max_tokens=4, temperature=0.9, seed=s))
         for s in range(3)
     ]
-    results = [collect(h)[1] for h in handles]
+    results = [collect(h) for h in handles]
     after = engine.stats()
-    assert all(r.prompt_tokens == len(tokens) for r in results)
+    assert all(finished.prompt_tokens == len(tokens) for _, finished in results)
     # The prompt was evaluated at most once; the other choices copied its cells.
     evaluated = after["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"]
     assert evaluated <= len(tokens)
     assert after["prompt_tokens_reused"] - before["prompt_tokens_reused"] >= 2 * len(tokens)
+
+    # Asked again, the three choices copy the cached prompt and its logits:
+    # nothing is evaluated, and the seeds give the same three answers.
+    texts = [text for text, _ in results]
+    again = [
+        engine.submit(tokens, SamplingParams(max_tokens=4, temperature=0.9, seed=s))
+        for s in range(3)
+    ]
+    assert [collect(h)[0] for h in again] == texts
+    assert engine.stats()["prompt_tokens_evaluated"] == after["prompt_tokens_evaluated"]
 
 
 def test_json_mode_in_one_sequence_while_others_run_free_form(engine):
