@@ -20,9 +20,15 @@ turn it is has work; the others sit idle.
   TTFT            = first token - that client's request start (median and p99 over
                     every request of the measured rounds)
 
+Client i sends the same prompt in every round, as a user repeating a request
+would, so every server's prompt cache can answer it. With --fresh-prompts each
+round numbers its prompts ("..., part 7."): no request repeats an earlier one,
+and only the shared beginning can come from a cache.
+
 The median aggregate over rounds is reported, with llmsite's ratio to each peer.
 
-    .venv/bin/python bench/bench_concurrency.py [--clients 1,4,8,16] [--rounds 2] [--json]
+    .venv/bin/python bench/bench_concurrency.py [--clients 1,4,8,16] [--rounds 2]
+        [--fresh-prompts] [--json]
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class Config:
     threads: int
     slots: int
     ban: dict[str, float]  # logit_bias that keeps every request going to max_tokens
+    fresh: bool = False  # a new prompt per client in every round
 
 
 @dataclass
@@ -113,8 +120,11 @@ class SystemResult:
     other_cpu: float = math.nan
 
 
-def prompt_for(i: int) -> str:
-    return f"Write a long story about {SUBJECTS[i % len(SUBJECTS)]}."
+def prompt_for(i: int, part: int | None = None) -> str:
+    subject = SUBJECTS[i % len(SUBJECTS)]
+    if part is None:
+        return f"Write a long story about {subject}."
+    return f"Write a long story about {subject}, part {part}."
 
 
 def stream_one(
@@ -146,7 +156,7 @@ def stream_one(
 
 
 def run_round(
-    n: int, url: str, make_payload: Callable[[int], dict], headers: dict
+    n: int, url: str, make_payload: Callable[[int, int | None], dict], headers: dict, part=None
 ) -> tuple[float, list[float], list[int]]:
     results: list[tuple[float, float, int] | BaseException] = [None] * n  # type: ignore[list-item]
     barrier = threading.Barrier(n)
@@ -155,7 +165,7 @@ def run_round(
         with http_client() as client:
             try:
                 barrier.wait()
-                results[i] = stream_one(client, url, make_payload(i), headers)
+                results[i] = stream_one(client, url, make_payload(i, part), headers)
             except BaseException as exc:  # reported below, in the main thread
                 results[i] = exc
 
@@ -179,17 +189,17 @@ class Target:
 
     name: str
     url: str
-    make_payload: Callable[[int], dict]
+    make_payload: Callable[[int, int | None], dict]
     pid: int
     headers: dict = field(default_factory=dict)
 
 
 def one_round(
-    n: int, target: Target, result: SystemResult
+    n: int, target: Target, result: SystemResult, part: int | None = None
 ) -> tuple[float, list[float], list[int]] | None:
     """One round against `target`; a failure drops the system from the rest of the run."""
     try:
-        return run_round(n, target.url, target.make_payload, target.headers)
+        return run_round(n, target.url, target.make_payload, target.headers, part)
     except (BenchError, httpx.HTTPError, OSError) as exc:
         log(f"  {target.name}: dropped: {exc}")
         result.error = f"{type(exc).__name__}: {exc}"
@@ -203,13 +213,16 @@ def measure(targets: list[Target], cfg: Config) -> dict[str, SystemResult]:
     for n in cfg.clients:
         live = [t for t in targets if not results[t.name].error]
         levels = {t.name: Level(n) for t in live}
+        # Every system gets the same prompts in a round; with --fresh-prompts
+        # no round's prompts were seen before (the warm-up's included).
+        parts = [n * 1000 + r if cfg.fresh else None for r in range(cfg.rounds + 1)]
         for target in live:
-            one_round(n, target, results[target.name])  # warm-up, not counted
+            one_round(n, target, results[target.name], parts[0])  # warm-up, not counted
         for r in range(cfg.rounds):
             turn = r % len(live) if live else 0
             for target in live[turn:] + live[:turn]:
                 result = results[target.name]
-                if result.error or (done := one_round(n, target, result)) is None:
+                if result.error or (done := one_round(n, target, result, parts[r + 1])) is None:
                     continue
                 tps, ttfts, tokens = done
                 level = levels[target.name]
@@ -230,11 +243,13 @@ def measure(targets: list[Target], cfg: Config) -> dict[str, SystemResult]:
     return results
 
 
-def payload_maker(model: str, cfg: Config, extra: dict | None = None) -> Callable[[int], dict]:
-    def make(i: int) -> dict:
+def payload_maker(
+    model: str, cfg: Config, extra: dict | None = None
+) -> Callable[[int, int | None], dict]:
+    def make(i: int, part: int | None = None) -> dict:
         return {
             "model": model,
-            "prompt": prompt_for(i),
+            "prompt": prompt_for(i, part),
             "max_tokens": cfg.max_tokens,
             "temperature": 0,
             "stream": True,
@@ -380,6 +395,7 @@ def summary(cfg: Config, results: list[SystemResult]) -> dict[str, Any]:
             "max_tokens": cfg.max_tokens,
             "threads": cfg.threads,
             "slots": cfg.slots,
+            "fresh_prompts": cfg.fresh,
             "cpu_count": os.cpu_count(),
         },
         "systems": [
@@ -426,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--slots", type=int, default=8, help="n_parallel = llama-server -np")
     parser.add_argument("--systems", default=f"{LLMSITE},{LLAMA_SERVER},{LLAMA_CPP_SERVER}")
+    parser.add_argument(
+        "--fresh-prompts", action="store_true", help="a new prompt per client every round"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -439,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         slots=args.slots,
         ban=eog_bias(model_path),
+        fresh=args.fresh_prompts,
     )
     systems = {
         LLMSITE: start_llmsite,
@@ -458,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         results = [failed or measured[name] for name, (_, failed) in started.items()]
     print(
         f"{cfg.max_tokens} tokens per client, EOS banned, {cfg.threads} threads, "
-        f"{cfg.slots} slots, median of {cfg.rounds} rounds"
+        f"{cfg.slots} slots, median of {cfg.rounds} rounds, "
+        + ("a new prompt every round" if cfg.fresh else "the same prompts every round")
     )
     print(table(cfg, results))
     if args.json:
