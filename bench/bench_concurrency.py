@@ -156,7 +156,11 @@ def stream_one(
 
 
 def run_round(
-    n: int, url: str, make_payload: Callable[[int, int | None], dict], headers: dict, part=None
+    n: int,
+    url: str,
+    make_payload: Callable[[int, int | None], dict],
+    headers: dict,
+    part: int | None = None,
 ) -> tuple[float, list[float], list[int]]:
     results: list[tuple[float, float, int] | BaseException] = [None] * n  # type: ignore[list-item]
     barrier = threading.Barrier(n)

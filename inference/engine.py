@@ -294,21 +294,14 @@ class _Sampler:
 
     def sample(self, ctx, row: int, stored: np.ndarray | None = None) -> int:
         """The next token from batch row `row`, or from a stored logits row."""
-        lib = self._lib
-
-        def run(chain) -> int:
-            if stored is None:
-                return lib.llama_sampler_sample(chain, ctx, row)
-            return self._sample_stored(chain, stored)
-
         if self.fast is not None:
-            token = run(self.fast)
+            token = self._run_chain(self.fast, ctx, row, stored)
             if self._grammar_allows(token):
-                lib.llama_sampler_accept(self.grammar, token)
+                self._lib.llama_sampler_accept(self.grammar, token)
                 return token
         if self.chain is not None:
             self.grammar_full_passes += self.grammar is not None
-            return run(self.chain)
+            return self._run_chain(self.chain, ctx, row, stored)
         logits = _logits_row(ctx, row, self._n_vocab) if stored is None else stored
         if not len(self._bias_ids):
             return int(logits.argmax())
@@ -321,6 +314,11 @@ class _Sampler:
         logits = logits.copy()  # the winner itself is biased: rank everything again
         logits[self._bias_ids] = biased
         return int(logits.argmax())
+
+    def _run_chain(self, chain, ctx, row: int, stored: np.ndarray | None) -> int:
+        if stored is None:
+            return self._lib.llama_sampler_sample(chain, ctx, row)
+        return self._sample_stored(chain, stored)
 
     def _sample_stored(self, chain, logits: np.ndarray) -> int:
         """What llama_sampler_sample does, over a logits row kept from an earlier step."""
@@ -593,8 +591,7 @@ class LlamaEngine:
                             logger.exception("engine %s failed a step", self.spec.model_id)
                             self._fail_active(exc)
                 finally:
-                    deferred, self._deferred = self._deferred, []
-                    wake_all(deferred)
+                    self._wake_deferred()
                 self._snapshot_cells()
         finally:
             self._free()
@@ -639,6 +636,12 @@ class LlamaEngine:
                     self._leave(job)
         if embeds:
             self._embed(embeds)
+
+    def _wake_deferred(self) -> None:
+        """Wake the consumers of the events emitted since the last call."""
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            wake_all(deferred)
 
     def _leave(self, job) -> None:
         if isinstance(job, _GenerateJob):
@@ -917,10 +920,7 @@ class LlamaEngine:
             if s.leader is None and s.completion_tokens == 0 and s.n_past == len(s.tokens)
         ]:
             self._prompt_done(seq, -1, seq.prompt_logits)
-        if self._deferred:
-            # Those first tokens go out now, not after the decode below.
-            deferred, self._deferred = self._deferred, []
-            wake_all(deferred)
+        self._wake_deferred()  # those first tokens go out now, not after the decode below
         if not self._active:
             return
         # Sequences one token away from their next logits go first (a generated
