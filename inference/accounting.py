@@ -1,5 +1,8 @@
 """One request's accounting: quota reservation before inference, settlement and
-exactly one usage record after it, however the request ends."""
+exactly one usage record after it, however the request ends.
+
+Private to the request service (`inference.services`): nothing else builds it,
+sets its fields or writes it."""
 
 from __future__ import annotations
 
@@ -56,7 +59,9 @@ class Accounting:
             return
         err = to_api_error(exc) if isinstance(exc, Exception) else None
         self.status = "rejected" if err is not None and err.status == 429 else "error"
-        self.error_code = (err.code if err else None) or "internal_error"
+        # An error relayed from upstream is recorded under its own code, not the upstream's.
+        code = (getattr(err, "record_code", None) or err.code) if err else None
+        self.error_code = code or "internal_error"
 
     async def reserve(self, *, model, max_completion_tokens: int, count_request: bool = True):
         self.model_pk = model.pk if model is not None else None

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from accounts.authentication import CanInfer
-from inference import extras, router, selectors, services
-from inference.accounting import Accounting
+from inference import extras, services
 from inference.serializers import (
     AnalyzeRequestSerializer,
     BatchRequestSerializer,
@@ -22,8 +20,8 @@ from inference.serializers import (
     CompletionRequestSerializer,
     EmbeddingRequestSerializer,
 )
+from inference.services import Completed, Streamed, StreamError
 from llmsite.drf import AsyncAPIView
-from llmsite.errors import ModelNotFound
 
 ERRORS = {
     400: OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid request (OpenAI error object)"),
@@ -34,114 +32,70 @@ ERRORS = {
 }
 
 
-def _model_object(model) -> dict:
-    return {
-        "id": model.model_id,
-        "object": "model",
-        "created": int(model.created_at.timestamp()),
-        "owned_by": model.owned_by,
-    }
-
-
-def _alias_object(alias) -> dict:
-    return {
-        "id": alias.name,
-        "object": "model",
-        "created": int(alias.created_at.timestamp()),
-        "owned_by": "llmsite-router",
-    }
-
-
-def _model_and_alias_list(*, tenant, api_key) -> list[dict]:
-    models = selectors.model_list(tenant=tenant, api_key=api_key)
-    aliases = router.alias_list(tenant=tenant, api_key=api_key)
-    return [_model_object(m) for m in models] + [_alias_object(a) for a in aliases]
-
-
-def _model_or_alias(*, tenant, api_key, model_id: str) -> dict:
-    try:
-        return _model_object(selectors.model_get(tenant=tenant, api_key=api_key, model_id=model_id))
-    except ModelNotFound:
-        for alias in router.alias_list(tenant=tenant, api_key=api_key):
-            if alias.name == model_id:
-                return _alias_object(alias)
-        raise
-
-
-def _validated(serializer_class, request) -> dict:
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
-
-
 def _sse(payload: dict | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
 
 
-async def sse_frames(chunks) -> AsyncIterator[bytes]:
+async def sse_frames(stream: Streamed) -> AsyncIterator[bytes]:
     """One `data:` event per chunk, then `data: [DONE]` unless the stream failed."""
-    failed = False
     try:
-        async for chunk in chunks:
-            failed = "error" in chunk
-            yield _sse(chunk)
-        if not failed:
-            yield _sse("[DONE]")
+        async for item in stream.events:
+            if isinstance(item, StreamError):
+                yield _sse(item.error.body())
+                return
+            yield _sse(item)
+        yield _sse("[DONE]")
     finally:
         # Closing the outer generator (a client that left) must close the
-        # service's stream now, so its `finally` frees the engine and bills.
-        await chunks.aclose()
+        # service's stream now, so it frees the engine and bills.
+        await stream.aclose()
 
 
-def _respond(result) -> Response | StreamingHttpResponse:
-    if isinstance(result, dict):
-        return Response(result)
+def _respond(result: Completed | Streamed) -> Response | StreamingHttpResponse:
+    if isinstance(result, Completed):
+        return Response(result.body, headers=result.headers)
     response = StreamingHttpResponse(sse_frames(result), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
+    for name, value in result.headers.items():
+        response[name] = value
+    # A client that leaves before the body is first iterated never starts
+    # sse_frames: closing the response still ends the stream and bills it.
+    response._resource_closers.append(result.close_soon)
     return response
 
 
 class InferenceView(AsyncAPIView):
-    """Every /v1 request after authentication leaves exactly one usage record and
-    carries the caller's x-ratelimit-* headers."""
+    """A /v1 endpoint: it hands the body to its service and renders the result.
+
+    The service writes the request's one usage record and puts the
+    x-ratelimit-* and x-llmsite-* headers on its result or its error."""
 
     permission_classes = [CanInfer]
     endpoint = ""
-    acct: Accounting | None = None
 
-    def start_accounting(self, request) -> Accounting:
+    async def body(self, request):
+        """The parsed body; a body that cannot be read is refused (and recorded) here."""
         try:
-            data = request.data if isinstance(request.data, dict) else {}
-        except Exception:  # unparseable body: the handler reports it
-            data = {}
-        user = data.get("user")
-        self.acct = Accounting(
-            principal=request.user,
-            endpoint=self.endpoint,
-            request_id=request._request.request_id,
-            end_user=user[:256] if isinstance(user, str) else "",
-            model_id=str(data.get("model", ""))[:128],
-        )
-        return self.acct
+            return request.data
+        except Exception as exc:
+            raise await services.request_refuse(
+                principal=request.user,
+                endpoint=self.endpoint,
+                request_id=request._request.request_id,
+                error=exc,
+            ) from exc
 
-    async def dispatch(self, request, *args, **kwargs):
-        response = await super().dispatch(request, *args, **kwargs)
-        acct = self.acct
-        if acct is None:
-            return response  # not authenticated: nobody to account to
-        if not acct.written and not acct.deferred:
-            if response.status_code >= 400:
-                error = getattr(response, "data", None) or {}
-                acct.status = "rejected" if response.status_code == 429 else "error"
-                acct.error_code = str((error.get("error") or {}).get("code") or "")
-            await acct.write()
-        for name, value in acct.rate_headers().items():
-            response[name] = value
-        for name, value in acct.headers.items():
-            response[name] = value
-        return response
+    async def run(self, request, service):
+        return _respond(
+            await service(
+                principal=request.user,
+                body=await self.body(request),
+                request_id=request._request.request_id,
+                endpoint=self.endpoint,
+            )
+        )
 
 
 class ModelListView(InferenceView):
@@ -170,12 +124,11 @@ class ModelListView(InferenceView):
         ],
     )
     async def get(self, request):
-        acct = self.start_accounting(request)
-        await acct.reserve(model=None, max_completion_tokens=0)
-        data = await sync_to_async(_model_and_alias_list)(
-            tenant=request.user.tenant, api_key=request.user.api_key
+        return _respond(
+            await services.model_list(
+                principal=request.user, request_id=request._request.request_id
+            )
         )
-        return Response({"object": "list", "data": data})
 
 
 class ModelDetailView(InferenceView):
@@ -187,13 +140,11 @@ class ModelDetailView(InferenceView):
         responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 404: ERRORS[404]},
     )
     async def get(self, request, model_id: str):
-        acct = self.start_accounting(request)
-        acct.model_id = model_id[:128]
-        await acct.reserve(model=None, max_completion_tokens=0)
-        body = await sync_to_async(_model_or_alias)(
-            tenant=request.user.tenant, api_key=request.user.api_key, model_id=model_id
+        return _respond(
+            await services.model_retrieve(
+                principal=request.user, request_id=request._request.request_id, model_id=model_id
+            )
         )
-        return Response(body)
 
 
 class CompletionView(InferenceView):
@@ -219,11 +170,7 @@ class CompletionView(InferenceView):
         description="Text completion. With `stream: true` the response is `text/event-stream`.",
     )
     async def post(self, request):
-        acct = self.start_accounting(request)
-        data = _validated(CompletionRequestSerializer, request)
-        return _respond(
-            await services.completion_create(principal=request.user, data=data, acct=acct)
-        )
+        return await self.run(request, services.completion_create)
 
 
 class ChatCompletionView(InferenceView):
@@ -248,11 +195,7 @@ class ChatCompletionView(InferenceView):
         description="Chat completion. With `stream: true` the response is `text/event-stream`.",
     )
     async def post(self, request):
-        acct = self.start_accounting(request)
-        data = _validated(ChatCompletionRequestSerializer, request)
-        return _respond(
-            await services.chat_completion_create(principal=request.user, data=data, acct=acct)
-        )
+        return await self.run(request, services.chat_completion_create)
 
 
 class EmbeddingView(InferenceView):
@@ -272,35 +215,23 @@ class EmbeddingView(InferenceView):
         ],
     )
     async def post(self, request):
-        acct = self.start_accounting(request)
-        data = _validated(EmbeddingRequestSerializer, request)
-        return Response(
-            await services.embedding_create(principal=request.user, data=data, acct=acct)
-        )
+        return await self.run(request, services.embedding_create)
 
 
 # -- /v1/batch, /v1/compare, /v1/analyze ---------------------------------------------------
 class FanOutView(InferenceView):
     """A request made of several /v1 requests, each accounted on its own.
 
-    Authentication, permissions and a refused envelope (invalid body: one
-    record, like any refused request) go through InferenceView. Once the body
-    is valid, the view drops its own accounting: each item reserves quota and
-    writes its record, and the envelope adds neither a record nor a unit of
-    RPM. The response carries the x-ratelimit-* of the tightest item.
+    A refused envelope (invalid body) is one record, like any refused request.
+    Once the body is valid each item reserves quota and writes its record, and
+    the envelope adds neither a record nor a unit of RPM. The response carries
+    the x-ratelimit-* of the tightest item. (See `inference.extras`.)
     """
 
-    request_serializer: type | None = None  # set by subclasses
-    service = None
+    service = None  # set by subclasses
 
     async def post(self, request):
-        self.start_accounting(request)
-        data = _validated(self.request_serializer, request)
-        self.acct = None  # from here on, the items account for themselves
-        outcome = await self.service(
-            principal=request.user, data=data, request_id=request._request.request_id
-        )
-        return Response(outcome.body, headers=outcome.headers)
+        return await self.run(request, self.service)
 
 
 BATCH_EXAMPLE = {
@@ -326,7 +257,6 @@ BATCH_EXAMPLE = {
 
 class BatchView(FanOutView):
     endpoint = "batch"
-    request_serializer = BatchRequestSerializer
     service = staticmethod(extras.batch_run)
 
     @extend_schema(
@@ -350,7 +280,6 @@ class BatchView(FanOutView):
 
 class CompareView(FanOutView):
     endpoint = "compare"
-    request_serializer = CompareRequestSerializer
     service = staticmethod(extras.compare_run)
 
     @extend_schema(
@@ -403,6 +332,4 @@ class AnalyzeView(InferenceView):
         ),
     )
     async def post(self, request):
-        acct = self.start_accounting(request)
-        data = _validated(AnalyzeRequestSerializer, request)
-        return Response(await extras.text_analyze(principal=request.user, data=data, acct=acct))
+        return await self.run(request, services.analysis_create)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import uuid
 
@@ -29,16 +30,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts.authentication import principal_from_token
 from inference import services
-from inference.accounting import Accounting
-from inference.serializers import ChatCompletionRequestSerializer
-from llmsite.errors import (
-    APIError,
-    InvalidRequest,
-    PermissionError_,
-    RateLimited,
-    internal_error,
-    to_api_error,
-)
+from inference.services import Accounted, StreamError
+from llmsite.errors import APIError, InvalidRequest, PermissionError_, RateLimited, internal_error
+
+logger = logging.getLogger("llmsite.inference")
 
 SUBPROTOCOL = "llmsite.bearer"
 CLOSE_UNAUTHORIZED = 4401
@@ -156,47 +151,43 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _run(self, request_id: str, body) -> None:
         body = body if isinstance(body, dict) else {}
-        user = body.get("user")
-        acct = Accounting(
-            principal=self.principal,
-            endpoint="chat.completions",
-            request_id=f"ws_{uuid.uuid4().hex}",
-            end_user=user[:256] if isinstance(user, str) else "",
-            model_id=str(body.get("model", ""))[:128],
-        )
-        stream = None
+        result = None
         finish = None
         cancelled = False
         try:
-            serializer = ChatCompletionRequestSerializer(data={**body, "stream": True})
-            serializer.is_valid(raise_exception=True)
-            stream = await services.chat_completion_create(
-                principal=self.principal, data=dict(serializer.validated_data), acct=acct
+            result = await services.chat_completion_create(
+                principal=self.principal,
+                body={**body, "stream": True},
+                request_id=f"ws_{uuid.uuid4().hex}",
             )
-            async for chunk in stream:
-                if "error" in chunk:
-                    await self.send_json({"type": "error", "request_id": request_id, **chunk})
+            async for item in result.events:
+                if isinstance(item, StreamError):
+                    await self.send_json(
+                        {"type": "error", "request_id": request_id, **item.error.body()}
+                    )
                     return
-                if chunk["choices"]:
-                    finish = chunk["choices"][0].get("finish_reason") or finish
+                if item["choices"]:
+                    finish = item["choices"][0].get("finish_reason") or finish
                 await self.send_json(
-                    {"type": "chat.completion.chunk", "request_id": request_id, "chunk": chunk}
+                    {"type": "chat.completion.chunk", "request_id": request_id, "chunk": item}
                 )
         except asyncio.CancelledError:
             cancelled = True
-        except Exception as exc:
-            await self._error(request_id, to_api_error(exc) or internal_error())
-            if not acct.written and not acct.deferred:
-                acct.fail(exc)
-                await acct.write()
+        except APIError as exc:  # the service recorded it
+            await self._error(request_id, exc)
+            return
+        except Exception:
+            logger.exception("unhandled error in WebSocket request %s", request_id)
+            await self._error(request_id, internal_error())
             return
         finally:
-            if stream is not None:
-                await stream.aclose()  # frees the engine and writes the usage record
+            if result is not None:
+                await result.aclose()  # frees the engine and writes the usage record
             self.tasks.pop(request_id, None)
-        await self._send_done(request_id, acct, "cancelled" if cancelled else finish)
+        accounted = result.accounted if result is not None else Accounted()
+        await self._send_done(request_id, accounted, "cancelled" if cancelled else finish)
 
-    async def _send_done(self, request_id: str, acct: Accounting, finish) -> None:
+    async def _send_done(self, request_id: str, accounted: Accounted, finish) -> None:
         # The socket may already be gone (a disconnect cancelled this request).
         with contextlib.suppress(Exception):
             await self.send_json(
@@ -204,9 +195,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     "type": "chat.completion.done",
                     "request_id": request_id,
                     "usage": {
-                        "prompt_tokens": acct.prompt_tokens,
-                        "completion_tokens": acct.completion_tokens,
-                        "total_tokens": acct.prompt_tokens + acct.completion_tokens,
+                        "prompt_tokens": accounted.prompt_tokens,
+                        "completion_tokens": accounted.completion_tokens,
+                        "total_tokens": accounted.total_tokens,
                     },
                     "finish_reason": finish,
                 }

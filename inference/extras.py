@@ -1,14 +1,14 @@
 """/v1/batch, /v1/compare and /v1/analyze: requests built out of other /v1 requests.
 
 Accounting. Every unit of inference here is its own /v1 request for quotas
-and billing: it gets its own Accounting (request id `<request id>-<index>`),
+and billing: it is its own request to the service (request id `<request id>-<index>`),
 reserves its own quota and leaves exactly one usage record under the
 endpoint it ran (`chat.completions`, `completions`, `embeddings`). Limits and
 bills come out as if the caller had sent the requests one by one: a batch
 may see some items refused with 429 while others answer. The envelope
-reserves nothing and records nothing once its body is valid (the view hands
-accounting over to the items); an envelope refused before anything runs
-(invalid body) is one record, like any refused request.
+reserves nothing and records nothing once its body is valid; an envelope
+refused before anything runs (invalid body) is one record, like any refused
+request.
 
 An item that never started because the client left first leaves no record:
 nothing was reserved or computed for it.
@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -34,23 +33,27 @@ from rest_framework.serializers import Serializer
 from accounts.authentication import Principal
 from billing.quota import key_limits, tenant_limits
 from inference import services
-from inference.accounting import Accounting
 from inference.serializers import (
     BATCH_URLS,
     DEFAULT_BATCH_CONCURRENCY,
+    AnalyzeRequestSerializer,
     BatchItemSerializer,
+    BatchRequestSerializer,
     ChatCompletionRequestSerializer,
+    CompareRequestSerializer,
     CompletionRequestSerializer,
 )
-from llmsite.errors import APIError, InvalidRequest, internal_error, to_api_error
+from inference.services import Accounted, Completed, Outcome
+from llmsite.errors import APIError, InvalidRequest
 
 logger = logging.getLogger("llmsite.inference")
 
-# The endpoint name (as the single-call views record it) and service of each batch URL.
+# The endpoint name (as the single-call views record it) of each batch URL; the
+# service's operation has the same name.
 _TARGETS = {
-    "/v1/chat/completions": ("chat.completions", services.chat_completion_create),
-    "/v1/completions": ("completions", services.completion_create),
-    "/v1/embeddings": ("embeddings", services.embedding_create),
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
 }
 assert set(_TARGETS) == set(BATCH_URLS)
 
@@ -59,50 +62,10 @@ assert set(_TARGETS) == set(BATCH_URLS)
 DEFAULT_COMPARE_MAX_TOKENS = 256
 
 
-@dataclass
-class FanOut:
-    """A response made of several accounted requests: its body, and the
-    x-ratelimit-* headers of the item reservation that left the least room."""
-
-    body: dict
-    headers: dict[str, str]
-
-
 def _child_id(request_id: str, index: int) -> str:
     suffix = f"-{index}"
     # Usage records hold 128 characters; a client's X-Request-Id may use them all.
     return request_id[: 128 - len(suffix)] + suffix
-
-
-def _child_accounting(
-    principal: Principal, endpoint: str, request_id: str, index: int, body
-) -> Accounting:
-    # The same fields InferenceView.start_accounting reads from a single call's body.
-    body = body if isinstance(body, dict) else {}
-    user = body.get("user")
-    return Accounting(
-        principal=principal,
-        endpoint=endpoint,
-        request_id=_child_id(request_id, index),
-        end_user=user[:256] if isinstance(user, str) else "",
-        model_id=str(body.get("model", ""))[:128],
-    )
-
-
-def _as_api_error(exc: Exception) -> APIError:
-    err = to_api_error(exc)
-    if err is None:
-        logger.exception("unhandled error in a fanned-out request")
-        return internal_error()
-    return err
-
-
-async def _settle(acct: Accounting, exc: BaseException) -> None:
-    """Write the record of a request that failed before the service wrote it
-    (validation), as InferenceView.dispatch does for a single call."""
-    if not acct.written:
-        acct.fail(exc)
-        await acct.write()
 
 
 def _error_entry(entry: dict, err: APIError) -> dict:
@@ -115,7 +78,17 @@ def _validated(serializer_class: type[Serializer], body) -> dict:
     return dict(serializer.validated_data)
 
 
-def _tightest_headers(accts: list[Accounting]) -> dict[str, str]:
+async def _envelope(serializer_class, *, principal, body, request_id: str, endpoint: str) -> dict:
+    """The validated envelope; an invalid one is refused, and recorded, as one request."""
+    try:
+        return _validated(serializer_class, body)
+    except Exception as exc:
+        raise await services.request_refuse(
+            principal=principal, endpoint=endpoint, request_id=request_id, error=exc, body=body
+        ) from exc
+
+
+def _tightest_headers(accounted: list[Accounted]) -> dict[str, str]:
     def room(headers: dict[str, str]) -> tuple[int, int]:
         far = 1 << 62
         return (
@@ -123,14 +96,14 @@ def _tightest_headers(accts: list[Accounting]) -> dict[str, str]:
             int(headers.get("x-ratelimit-remaining-tokens", far)),
         )
 
-    found = [h for h in (acct.rate_headers() for acct in accts) if h]
+    found = [a.rate_headers for a in accounted if a.rate_headers]
     return min(found, key=room) if found else {}
 
 
-def _totals(entries: list[dict], accts: list[Accounting], started: float) -> dict:
+def _totals(entries: list[dict], accounted: list[Accounted], started: float) -> dict:
     # Tokens as accounted (billed): for answered items the same as their usage.
-    prompt = sum(acct.prompt_tokens for acct in accts)
-    completion = sum(acct.completion_tokens for acct in accts)
+    prompt = sum(a.prompt_tokens for a in accounted)
+    completion = sum(a.completion_tokens for a in accounted)
     succeeded = sum(1 for entry in entries if entry["status_code"] == 200)
     return {
         "requests": len(entries),
@@ -164,7 +137,15 @@ async def _concurrency_cap(principal: Principal) -> int | None:
     return await sync_to_async(read)()
 
 
-async def batch_run(*, principal: Principal, data: dict, request_id: str) -> FanOut:
+def _batch_item(raw) -> dict:
+    if not isinstance(raw, dict):
+        raise InvalidRequest("A batch item must be a JSON object.", code="invalid_type")
+    return _validated(BatchItemSerializer, raw)["data"]
+
+
+async def batch_run(
+    *, principal: Principal, body, request_id: str, endpoint: str = "batch"
+) -> Completed:
     """Run every item of a batch, at most `concurrency` at a time, in asyncio.
 
     Each item is validated and run as its own request (see the module's
@@ -174,66 +155,69 @@ async def batch_run(*, principal: Principal, data: dict, request_id: str) -> Fan
     answers 200 once its envelope is valid, even when every item failed: the
     per-item status codes and `totals` say what happened.
     """
+    data = await _envelope(
+        BatchRequestSerializer,
+        principal=principal,
+        body=body,
+        request_id=request_id,
+        endpoint=endpoint,
+    )
     started = time.monotonic()
     items = data["requests"]
     width = data.get("concurrency") or DEFAULT_BATCH_CONCURRENCY
     cap = await _concurrency_cap(principal)
     width = max(1, min(width, len(items), settings.LLMSITE_BATCH_MAX, cap or width))
     gate = asyncio.Semaphore(width)
-    accts: list[Accounting] = []
+    accounted: list[Accounted] = []
 
     async def run(index: int, raw) -> dict:
         raw_dict = raw if isinstance(raw, dict) else {}
         custom_id = raw_dict.get("custom_id")
         entry = {"index": index, "custom_id": custom_id if isinstance(custom_id, str) else None}
-        body = raw_dict.get("body")
         url = raw_dict.get("url")
         # An item with no valid url is still recorded, under the batch's own name.
-        endpoint, service = _TARGETS.get(url if isinstance(url, str) else "", ("batch", None))
+        target = _TARGETS.get(url if isinstance(url, str) else "", "batch")
         async with gate:
-            acct = _child_accounting(principal, endpoint, request_id, index, body)
-            accts.append(acct)
-            try:
-                if not isinstance(raw, dict):
-                    raise InvalidRequest("A batch item must be a JSON object.", code="invalid_type")
-                item = _validated(BatchItemSerializer, raw)
-                response = await service(principal=principal, data=item["data"], acct=acct)
-            except Exception as exc:
-                await _settle(acct, exc)
-                return _error_entry(entry, _as_api_error(exc))
-            except BaseException as exc:  # cancelled: the client left
-                await _settle(acct, exc)
-                raise
-        return {**entry, "status_code": 200, "response": response}
+            outcome = await services.request_run(
+                target,
+                principal=principal,
+                body=raw,
+                request_id=_child_id(request_id, index),
+                endpoint=target,
+                validate=_batch_item,
+                record_body=raw_dict.get("body"),
+            )
+        accounted.append(outcome.accounted)
+        if outcome.error is not None:
+            return _error_entry(entry, outcome.error)
+        return {**entry, "status_code": 200, "response": outcome.result.body}
 
     entries = await asyncio.gather(*(run(index, raw) for index, raw in enumerate(items)))
-    return FanOut(
-        body={
-            "object": "batch.result",
-            "data": entries,
-            "totals": _totals(entries, accts, started),
-        },
-        headers=_tightest_headers(accts),
+    return Completed(
+        {"object": "batch.result", "data": entries, "totals": _totals(entries, accounted, started)},
+        _tightest_headers(accounted),
     )
 
 
 # -- /v1/compare -------------------------------------------------------------------------
-def _tokens_per_second(acct: Accounting, ended: float) -> float | None:
+def _tokens_per_second(accounted: Accounted, ended: float) -> float | None:
     """The decode rate: tokens after the first over the time after the first, as
     llama.cpp reports it (the first token's wait is the TTFT). With fewer than
     two tokens, or no first-token time (a remote backend answering whole), it
     is the tokens over the whole latency; None when nothing was generated."""
-    tokens = acct.completion_tokens
+    tokens = accounted.completion_tokens
     if tokens < 1:
         return None
-    first = acct.first_token_at
+    first = accounted.first_token_at
     if first is not None and tokens >= 2 and ended > first:
         return round((tokens - 1) / (ended - first), 2)
-    elapsed = ended - acct.started
+    elapsed = ended - accounted.started
     return round(tokens / elapsed, 2) if elapsed > 0 else None
 
 
-async def compare_run(*, principal: Principal, data: dict, request_id: str) -> FanOut:
+async def compare_run(
+    *, principal: Principal, body, request_id: str, endpoint: str = "compare"
+) -> Completed:
     """The same prompt (or conversation) on each model, all at once.
 
     Each model runs as a single completion (with `prompt`) or chat completion
@@ -244,9 +228,16 @@ async def compare_run(*, principal: Principal, data: dict, request_id: str) -> F
     body is valid, even if every model failed: a comparison where one side is
     missing is still the answer, and the status codes per entry say why.
     """
+    data = await _envelope(
+        CompareRequestSerializer,
+        principal=principal,
+        body=body,
+        request_id=request_id,
+        endpoint=endpoint,
+    )
     started = time.monotonic()
     chat = "messages" in data
-    endpoint, service = _TARGETS["/v1/chat/completions" if chat else "/v1/completions"]
+    target = "chat.completions" if chat else "completions"
     serializer_class = ChatCompletionRequestSerializer if chat else CompletionRequestSerializer
     shared = {
         key: value
@@ -255,24 +246,24 @@ async def compare_run(*, principal: Principal, data: dict, request_id: str) -> F
         and value is not None
     }
     shared.setdefault("max_tokens", DEFAULT_COMPARE_MAX_TOKENS)
-    accts: list[Accounting] = []
+    accounted: list[Accounted] = []
 
     async def run(index: int, name: str) -> dict:
-        body = {**shared, "model": name}
-        acct = _child_accounting(principal, endpoint, request_id, index, body)
-        accts.append(acct)
         entry = {"index": index, "model": name}
-        try:
-            result = await service(
-                principal=principal, data=_validated(serializer_class, body), acct=acct
-            )
-        except Exception as exc:
-            await _settle(acct, exc)
-            return _error_entry(entry, _as_api_error(exc))
-        except BaseException as exc:
-            await _settle(acct, exc)
-            raise
-        ended = time.monotonic()
+        outcome: Outcome = await services.request_run(
+            target,
+            principal=principal,
+            body={**shared, "model": name},
+            request_id=_child_id(request_id, index),
+            endpoint=target,
+            validate=lambda item: _validated(serializer_class, item),
+        )
+        accounted.append(outcome.accounted)
+        if outcome.error is not None:
+            return _error_entry(entry, outcome.error)
+        result = outcome.result.body
+        acct = outcome.accounted
+        ended = acct.ended
         choice = result["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]
         first = acct.first_token_at
@@ -289,13 +280,13 @@ async def compare_run(*, principal: Principal, data: dict, request_id: str) -> F
         }
 
     entries = await asyncio.gather(*(run(i, name) for i, name in enumerate(data["models"])))
-    return FanOut(
-        body={
+    return Completed(
+        {
             "object": "compare.result",
             "data": entries,
-            "totals": _totals(entries, accts, started),
+            "totals": _totals(entries, accounted, started),
         },
-        headers=_tightest_headers(accts),
+        _tightest_headers(accounted),
     )
 
 
@@ -427,8 +418,8 @@ def _parse_analysis(content: str, tasks: list[str]) -> dict:
     return out
 
 
-async def text_analyze(*, principal: Principal, data: dict, acct: Accounting) -> dict:
-    """Sentiment, keywords and summary of a text, as one chat completion on the router.
+def analysis_request(body) -> tuple[dict, list[str]]:
+    """The validated chat completion an analyze body stands for, and its tasks.
 
     The answer is constrained with `response_format` json_schema (a GBNF
     grammar on local models), with bounded lengths and a token budget that
@@ -436,9 +427,10 @@ async def text_analyze(*, principal: Principal, data: dict, acct: Accounting) ->
     the requested parts. Greedy decoding: the same text gives the same
     analysis. Content quality is the model's; the structure is guaranteed.
     """
+    data = _validated(AnalyzeRequestSerializer, body)
     tasks = data["tasks"]
     budget = _BRACES_CHARS + sum(_TASK_CHARS[task] for task in tasks)
-    body = {
+    chat = {
         "model": data["model"],
         "messages": [{"role": "user", "content": _analyze_prompt(tasks, data["text"])}],
         "max_tokens": budget,
@@ -449,9 +441,11 @@ async def text_analyze(*, principal: Principal, data: dict, acct: Accounting) ->
             "json_schema": {"name": "analysis", "schema": analysis_schema(tasks), "strict": True},
         },
     }
-    result = await services.chat_completion_create(
-        principal=principal, data=_validated(ChatCompletionRequestSerializer, body), acct=acct
-    )
+    return _validated(ChatCompletionRequestSerializer, chat), tasks
+
+
+def analysis_shape(result: dict, tasks: list[str]) -> dict:
+    """The analysis out of the chat completion's answer."""
     content = result["choices"][0]["message"]["content"] or ""
     return {
         "object": "analysis",

@@ -1,11 +1,17 @@
-"""Completions, chat completions and embeddings: validated input in, OpenAI's shapes out.
+"""The request service: one entry per operation, and it owns the request.
 
-Each service resolves the model through the caller's tenant, turns the request
-into token ids, checks it against the context, queues it on the model's
-engine, and shapes the result. Streams are async iterators of chunk objects
-(an error object ends a failed stream); the transport (SSE, WebSocket) frames
-them. The usage record is written in a `finally`, so a request that fails or a client
-that disconnects is still accounted for exactly once.
+`completion_create`, `chat_completion_create`, `embedding_create`,
+`analysis_create`, `model_list` and `model_retrieve` each take the caller's
+principal, the raw body and the request id (keyword-only). Each validates the
+body, resolves the route, reserves quota, runs the model's backend with
+fallback, and writes exactly one usage record in its own `finally` (a refusal,
+a failure and a cancellation included). It returns a typed result:
+`Completed` (a body) or `Streamed` (typed stream items), each with the headers
+every response carries (x-ratelimit-*, x-llmsite-model/-route). A failure is
+raised as an APIError that carries those headers too.
+
+The accounting state is private here: the adapters (REST, SSE, WebSocket,
+batch/compare) only render what comes back.
 """
 
 from __future__ import annotations
@@ -13,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
-import re
 import struct
 import time
 import uuid
@@ -24,33 +28,35 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from rest_framework.serializers import Serializer
 
 from accounts.authentication import Principal
 from billing.quota import prices_of
+from inference import router, selectors
 from inference.accounting import Accounting
-from inference.chat_formats import CHAT_FORMATS, render_chat
-from inference.engine import (
-    EmbeddingResult,
-    EngineClosed,
-    EngineError,
-    Finished,
-    LlamaEngine,
-    ModelLoadError,
-    SamplingParams,
+from inference.backends import (
+    Backend,
+    Finish,
+    GenerateRequest,
+    Generation,
     TextDelta,
+    Usage,
+    backend_for,
 )
+from inference.backends.local import _tokenize_chat, chat_prompt  # noqa: F401 - re-exported
+from inference.engine import EngineError
 from inference.live import live
 from inference.models import LLMModel
-from inference.registry import MemoryBudgetExceeded, registry
-from inference.remote import RemoteBackend
 from inference.router import health, route_resolve
+from inference.serializers import (
+    ChatCompletionRequestSerializer,
+    CompletionRequestSerializer,
+    EmbeddingRequestSerializer,
+)
 from llmsite.errors import (
     APIError,
-    BackendUnavailable,
     ContextLengthExceeded,
-    InvalidRequest,
-    ModelUnavailable,
-    ServiceUnavailable,
+    ModelNotFound,
     UpstreamRejected,
     internal_error,
     to_api_error,
@@ -58,77 +64,136 @@ from llmsite.errors import (
 
 logger = logging.getLogger("llmsite.inference")
 
-DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+# -- results ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Accounted:
+    """What the request's usage record says, for adapters that report it
+    (WebSocket's done event, batch totals, compare's timings)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = 0.0
+    first_token_at: float | None = None
+    ended: float = 0.0
+    rate_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
-# -- engines ---------------------------------------------------------------------
-async def local_engine(model: LLMModel) -> LlamaEngine:
-    """The loaded engine for a local model, loading it (off the event loop) if needed."""
-    engine = registry.ready_engine(model)
-    if engine is not None:  # the common case: no thread hops
-        return engine
-    try:
-        engine = await sync_to_async(registry.engine_for, thread_sensitive=False)(model)
-        ready = await sync_to_async(engine.wait_ready, thread_sensitive=False)(
-            settings.LLMSITE_LOAD_TIMEOUT
-        )
-    except ModelLoadError as exc:
-        logger.error("model %s unavailable: %s", model.model_id, exc)
-        raise ModelUnavailable(
-            f"The model `{model.model_id}` is unavailable: its GGUF file could not be loaded.",
-            param="model",
-            code="model_unavailable",
-            headers={"Retry-After": "60"},
-        ) from exc
-    except MemoryBudgetExceeded as exc:
-        raise ModelUnavailable(
-            f"The model `{model.model_id}` cannot be loaded now: {exc}",
-            param="model",
-            code="model_unavailable",
-            headers={"Retry-After": "10"},
-        ) from exc
-    if not ready:
-        raise ModelUnavailable(
-            f"The model `{model.model_id}` is still loading; retry shortly.",
-            param="model",
-            headers={"Retry-After": "5"},
-        )
-    return engine
+@dataclass(frozen=True)
+class Completed:
+    body: dict
+    headers: dict[str, str]
+    accounted: Accounted = field(default_factory=Accounted)
 
 
-def _check_capacity(engine: LlamaEngine, jobs: int) -> None:
-    # Refuse up front rather than queue without bound: a 503 with Retry-After
-    # lets a client (or a load balancer) go elsewhere now.
-    if engine.queue_depth + jobs > settings.LLMSITE_MAX_QUEUE:
-        raise ServiceUnavailable(
-            f"The model `{engine.spec.model_id}` is overloaded; retry shortly.",
-            code="model_overloaded",
-            headers={"Retry-After": "2"},
-        )
+@dataclass(frozen=True)
+class StreamError:
+    """The last item of a stream that failed after it began."""
+
+    error: APIError
 
 
-async def _submit_all(
-    model: LLMModel, engine: LlamaEngine, jobs: list[tuple[list[int], SamplingParams]]
-) -> list:
-    """Queue every job on the model's engine. An engine unloaded meanwhile (an
-    operator's unload or reload) is replaced by a fresh one, so the request
-    waits for the load instead of failing."""
-    handles = []
-    try:
-        for tokens, params in jobs:
-            try:
-                handles.append(engine.submit(tokens, params))
-            except EngineClosed:
-                engine = await local_engine(model)
-                handles.append(engine.submit(tokens, params))
-    except BaseException:
-        for handle in handles:
-            handle.cancel()
-        raise
-    return handles
+StreamItem = dict | StreamError  # a chunk in OpenAI's shape, or the error that ends it
 
 
-# -- routing -------------------------------------------------------------------------
+class Streamed:
+    """A stream of chunks; closing it (or never reading it, then `close_soon`)
+    stops the generation and writes the usage record."""
+
+    def __init__(self, owner: _StreamOwner, headers: dict[str, str]) -> None:
+        self._owner = owner
+        self.headers = headers
+
+    @property
+    def events(self) -> AsyncIterator[StreamItem]:
+        return self._owner
+
+    @property
+    def accounted(self) -> Accounted:
+        return self._owner.acct_view()
+
+    async def aclose(self) -> None:
+        await self._owner.aclose()
+
+    def close_soon(self) -> None:
+        """Thread-safe: end the stream if nobody read it to its end (a response
+        closed by a client that left before the body was iterated)."""
+        self._owner.close_soon()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A request's result or its error, for adapters that keep going after a
+    failure (batch and compare items)."""
+
+    result: Completed | Streamed | None
+    error: APIError | None
+    accounted: Accounted
+
+
+# -- accounting helpers -------------------------------------------------------------
+def _start(principal: Principal, endpoint: str, request_id: str, body) -> Accounting:
+    raw = body if isinstance(body, dict) else {}
+    user = raw.get("user")
+    return Accounting(
+        principal=principal,
+        endpoint=endpoint,
+        request_id=request_id,
+        end_user=user[:256] if isinstance(user, str) else "",
+        model_id=str(raw.get("model", ""))[:128],
+    )
+
+
+def _view(acct: Accounting) -> Accounted:
+    return Accounted(
+        prompt_tokens=acct.prompt_tokens,
+        completion_tokens=acct.completion_tokens,
+        started=acct.started,
+        first_token_at=acct.first_token_at,
+        ended=time.monotonic(),
+        rate_headers=acct.rate_headers(),
+    )
+
+
+def _headers(acct: Accounting) -> dict[str, str]:
+    return {**acct.rate_headers(), **acct.headers}
+
+
+def _as_api_error(exc: Exception, acct: Accounting) -> APIError:
+    """The typed error for any failure, carrying the response headers."""
+    err = to_api_error(exc)
+    if err is None:
+        if isinstance(exc, EngineError):
+            logger.error("engine failure: %s", exc)
+        else:
+            logger.error("unhandled error in request %s", acct.request_id, exc_info=exc)
+        err = internal_error()
+    err.headers = {**err.headers, **_headers(acct)}
+    return err
+
+
+def _validated(serializer_class: type[Serializer], body) -> dict:
+    serializer = serializer_class(data=body)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+async def request_refuse(
+    *, principal: Principal, endpoint: str, request_id: str, error: Exception, body=None
+) -> APIError:
+    """Record a request refused before it ran (a body that cannot be read, an
+    invalid batch envelope); returns the error to raise."""
+    acct = _start(principal, endpoint, request_id, body)
+    acct.fail(error)
+    await acct.write()
+    return _as_api_error(error, acct)
+
+
+# -- the router's fallback loop --------------------------------------------------------
 def _backend_failure(exc: BaseException) -> bool:
     """Failures of the backend itself: they count towards its cooldown."""
     if isinstance(exc, EngineError | asyncio.TimeoutError):
@@ -162,139 +227,62 @@ def _observe(acct: Accounting, model_id: str, *, ok: bool, attempt_started: floa
     )
 
 
-async def _serve(
-    *, principal: Principal, data: dict, acct: Accounting, capability: str, run
-) -> dict | AsyncIterator[dict]:
-    """Resolve the route, then run on each candidate until one answers.
-
-    `run(model, attempt)` returns a response dict, or a stream that has
-    already produced its first event: until then nothing was sent, so a
-    failure can still move on to the next candidate. Returns what the
-    answering candidate returned; the usage record is written once, here for
-    responses and failures, by the stream itself for streams.
-    """
-    acct.model_id = data["model"]
-    try:
-        route = await sync_to_async(route_resolve)(
-            tenant=principal.tenant,
-            api_key=principal.api_key,
-            name=data["model"],
-            capability=capability,
-            generations=principal.generations,
-        )
-        for attempt, model in enumerate(route.order):
-            last = attempt == len(route.order) - 1
-            acct.model_id = model.model_id
-            acct.completion_tokens = 0
-            acct.first_token_at = None
-            live.started(model.model_id)
-            started = time.monotonic()
-            try:
-                timeout = None if last else settings.LLMSITE_ROUTER_TIMEOUT
-                result = await run(model, _Attempt(started, timeout, acct))
-            except BaseException as exc:
-                failed = _backend_failure(exc)
-                live.finished(model.model_id, ok=not failed)
-                if failed:
-                    health.failed(model.model_id)
-                if last or not isinstance(exc, Exception) or not _retryable(exc):
-                    raise
-                logger.warning(
-                    "route %s: %s failed (%s), trying the next candidate",
-                    route.name,
-                    model.model_id,
-                    exc,
-                )
-                continue
-            health.succeeded(model.model_id)
-            acct.headers["x-llmsite-model"] = model.model_id
-            acct.headers["x-llmsite-route"] = route.header(model, attempt)
-            if isinstance(result, dict):
-                result["model"] = model.model_id
-                _observe(acct, model.model_id, ok=True, attempt_started=started)
-                await acct.write()
-                return result
-            acct.deferred = True  # the stream writes the record when it ends
-            return _observed(result, acct, model.model_id, started)
-        raise AssertionError("a route always has a candidate")
-    except BaseException as exc:
-        acct.fail(exc)
-        await acct.write()
-        raise
-
-
-async def _observed(
-    stream: AsyncIterator[dict], acct: Accounting, model_id: str, started: float
-) -> AsyncIterator[dict]:
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
-        with contextlib.suppress(Exception):
-            await stream.aclose()
-        _observe(acct, model_id, ok=acct.status != "error", attempt_started=started)
-
-
 @dataclass
 class _Attempt:
+    model: LLMModel
+    backend: Backend
     started: float
     timeout: float | None  # seconds to the first event before falling back; None: wait
-    acct: Accounting
 
 
-def _tokenize_prompt(engine: LlamaEngine, item: str | list[int], param: str) -> list[int]:
-    if isinstance(item, str):
-        return engine.tokenize(item, add_bos=True, special=False)
-    bad = next((t for t in item if not engine.valid_token(t)), None)
-    if bad is not None:
-        raise InvalidRequest(
-            f"Token id {bad} is outside this model's vocabulary (0..{engine.n_vocab - 1}).",
-            param=param,
-            code="invalid_value",
-        )
-    return list(item)
+async def _routed(*, principal: Principal, data: dict, acct: Accounting, capability: str, run):
+    """Resolve the route, then `run(attempt)` on each candidate until one answers.
 
-
-def _logit_bias(engine: LlamaEngine, bias: dict[int, float]) -> dict[int, float] | None:
-    bad = next((t for t in bias if not engine.valid_token(t)), None)
-    if bad is not None:
-        raise InvalidRequest(
-            f"Token id {bad} in logit_bias is outside this model's vocabulary "
-            f"(0..{engine.n_vocab - 1}).",
-            param="logit_bias",
-            code="invalid_value",
-        )
-    return bias or None
-
-
-def _max_tokens(
-    model: LLMModel, prompt_len: int, requested: int | None, default: int | None, param: str
-) -> int:
-    room = model.n_ctx - prompt_len
-    if requested is None:
-        if room < 1:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {model.n_ctx} tokens. However, your "
-                f"{param} resulted in {prompt_len} tokens. Please reduce the length of the "
-                f"{param}.",
-                param=param,
+    `run` returns once the backend produced its first event (or its whole
+    answer): until then nothing was sent, so a failure can still move on to
+    the next candidate. Returns (what run returned, the attempt).
+    """
+    acct.model_id = data["model"]
+    route = await sync_to_async(route_resolve)(
+        tenant=principal.tenant,
+        api_key=principal.api_key,
+        name=data["model"],
+        capability=capability,
+        generations=principal.generations,
+    )
+    for index, model in enumerate(route.order):
+        last = index == len(route.order) - 1
+        acct.model_id = model.model_id
+        acct.completion_tokens = 0
+        acct.first_token_at = None
+        live.started(model.model_id)
+        started = time.monotonic()
+        timeout = None if last else settings.LLMSITE_ROUTER_TIMEOUT
+        attempt = _Attempt(model, backend_for(model), started, timeout)
+        try:
+            result = await run(attempt)
+        except BaseException as exc:
+            failed = _backend_failure(exc)
+            live.finished(model.model_id, ok=not failed)
+            if failed:
+                health.failed(model.model_id)
+            if last or not isinstance(exc, Exception) or not _retryable(exc):
+                raise
+            logger.warning(
+                "route %s: %s failed (%s), trying the next candidate",
+                route.name,
+                model.model_id,
+                exc,
             )
-        return min(default, room) if default else room
-    if prompt_len + requested > model.n_ctx:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {model.n_ctx} tokens. However, you "
-            f"requested {prompt_len + requested} tokens ({prompt_len} in the {param}, "
-            f"{requested} in the completion). Please reduce the length of the {param} or "
-            f"completion.",
-            param=param,
-        )
-    return requested
+            continue
+        health.succeeded(model.model_id)
+        acct.headers["x-llmsite-model"] = model.model_id
+        acct.headers["x-llmsite-route"] = route.header(model, index)
+        return result, attempt
+    raise AssertionError("a route always has a candidate")
 
 
-def _seed_for(seed: int | None, choice: int) -> int | None:
-    return None if seed is None else (seed + choice) & 0xFFFFFFFF
-
-
+# -- text generation ------------------------------------------------------------------
 def _now() -> int:
     return int(time.time())
 
@@ -311,157 +299,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-@dataclass
-class _Choice:
-    index: int
-    handle: object
-    text: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    logprobs: list = field(default_factory=list)
-    peeked: list = field(default_factory=list)
-
-    async def iterate(self) -> AsyncIterator[object]:
-        while self.peeked:
-            event = self.peeked.pop(0)
-            yield event
-            if isinstance(event, Finished):
-                return
-        # A fresh iterator: the rest may be read from another event loop than
-        # the peek (Django's test client does that), and a handle iterator
-        # waits on the loop it started in.
-        async for event in self.handle:
-            yield event
-
-
-async def _first_event(choices: list[_Choice], attempt: _Attempt) -> None:
-    """Wait for the first choice's first event, so that a backend that fails or
-    stalls fails here, before anything is sent, where the router can fall back."""
-    choice = choices[0]
-    events = aiter(choice.handle)
-    try:
-        event = await asyncio.wait_for(anext(events), attempt.timeout)
-    except BaseException:
-        _cancel_all(choices)
-        raise
-    finally:
-        await events.aclose()
-    choice.peeked.append(event)
-
-
-async def _drain(choice: _Choice, acct: Accounting) -> None:
-    async for event in choice.iterate():
-        if isinstance(event, TextDelta):
-            acct.first_token()
-            choice.text += event.text
-            choice.logprobs.extend(event.logprobs)
-        elif isinstance(event, Finished):
-            choice.finish_reason = "stop" if event.finish_reason == "stop" else "length"
-            choice.completion_tokens = event.completion_tokens
-            acct.completion_tokens += event.completion_tokens
-
-
-def _cancel_all(choices: list[_Choice]) -> None:
-    for choice in choices:
-        choice.handle.cancel()
-
-
-def _engine_failure(exc: EngineError) -> APIError:
-    logger.error("engine failure: %s", exc)
-    return internal_error()
-
-
-async def _run_to_end(choices: list[_Choice], acct: Accounting, attempt: _Attempt) -> None:
-    """Wait for every choice of a non-streamed request (the caller writes the record)."""
-    try:
-        await _first_event(choices, attempt)
-        await asyncio.gather(*(_drain(choice, acct) for choice in choices))
-    except BaseException:
-        _cancel_all(choices)
-        raise
-
-
-@dataclass(frozen=True)
-class _ChunkShape:
-    """How one endpoint frames its stream chunks (everything else is shared)."""
-
-    object: str
-    opening: Callable[[_Choice], dict | None]  # the chunk before any token, if any
-    piece: Callable[[_Choice, str, dict | None], dict]  # a text delta
-    closing: Callable[[_Choice, str], dict]  # finish_reason
-    logprobs: Callable[[TextDelta], dict | None]
-
-
-async def _stream_choices(
-    choices: list[_Choice],
-    acct: Accounting,
-    meta: dict,
-    shape: _ChunkShape,
-    include_usage: bool,
-    attempt: _Attempt,
-) -> AsyncIterator[dict]:
-    await _first_event(choices, attempt)
-    return _streamed(choices, acct, meta, shape, include_usage)
-
-
-async def _streamed(
-    choices: list[_Choice], acct: Accounting, meta: dict, shape: _ChunkShape, include_usage: bool
-) -> AsyncIterator[dict]:
-    try:
-        for choice in choices:
-            opening = shape.opening(choice)
-            if opening is not None:
-                yield opening
-            async for event in choice.iterate():
-                if isinstance(event, TextDelta):
-                    acct.first_token()
-                    lp = shape.logprobs(event)
-                    # Counted as handed to the server: a client that leaves
-                    # pays for what it was sent, and nothing more.
-                    acct.completion_tokens += event.n_tokens
-                    if event.text or lp:
-                        yield shape.piece(choice, event.text, lp)
-                elif isinstance(event, Finished):
-                    yield shape.closing(
-                        choice, "stop" if event.finish_reason == "stop" else "length"
-                    )
-        if include_usage:
-            yield {
-                **_envelope(meta, shape.object),
-                "choices": [],
-                "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
-            }
-    except BaseException as exc:
-        acct.fail(exc)
-        if not isinstance(exc, Exception):
-            raise
-        err = _engine_failure(exc) if isinstance(exc, EngineError) else to_api_error(exc)
-        yield (err or internal_error()).body()
-    finally:
-        _cancel_all(choices)
-        await acct.write()
-
-
-def _envelope(meta: dict, obj: str) -> dict:
-    """The fields every response and chunk opens with, in OpenAI's order."""
-    return {
-        "id": meta["id"],
-        "object": obj,
-        "created": meta["created"],
-        "model": meta["model"],
-        "system_fingerprint": meta["system_fingerprint"],
-    }
-
-
-def _chunk(meta: dict, obj: str, choice: dict, include_usage: bool) -> dict:
-    body = {**_envelope(meta, obj), "choices": [choice]}
-    if include_usage:
-        body["usage"] = None
-    return body
-
-
-# -- /v1/completions --------------------------------------------------------------
 def _completion_logprobs(entries, offset: int) -> dict:
     tokens, token_logprobs, top, offsets = [], [], [], []
     for entry in entries:
@@ -476,115 +313,6 @@ def _completion_logprobs(entries, offset: int) -> dict:
         "top_logprobs": top,
         "text_offset": offsets,
     }
-
-
-async def completion_create(
-    *, principal: Principal, data: dict, acct: Accounting
-) -> dict | AsyncIterator[dict]:
-    async def run(model: LLMModel, attempt: _Attempt):
-        if model.is_remote:
-            return await _remote_text(model, data, acct, attempt, kind="completions")
-        return await _completion_local(model, data, acct, attempt)
-
-    return await _serve(principal=principal, data=data, acct=acct, capability="completion", run=run)
-
-
-async def _completion_local(model: LLMModel, data: dict, acct: Accounting, attempt: _Attempt):
-    engine = await local_engine(model)
-    prompts = [_tokenize_prompt(engine, item, "prompt") for item in data["prompt"]]
-    longest = max(len(tokens) for tokens in prompts)
-    max_tokens = _max_tokens(
-        model, longest, data.get("max_tokens"), DEFAULT_COMPLETION_MAX_TOKENS, "prompt"
-    )
-    acct.prompt_tokens = sum(len(tokens) for tokens in prompts)
-    n = data["n"]
-    bias = _logit_bias(engine, data["logit_bias"])
-    _check_capacity(engine, n * len(prompts))
-    await _reserve(acct, model, max_tokens * n * len(prompts))
-    logprobs = data.get("logprobs")
-    jobs = []
-    prompt_texts: list[str] = []
-    for p_index, tokens in enumerate(prompts):
-        item = data["prompt"][p_index]
-        prompt_texts.append(item if isinstance(item, str) else engine.detokenize(tokens))
-        for c in range(n):
-            params = SamplingParams(
-                max_tokens=max_tokens,
-                temperature=data["temperature"],
-                top_p=data["top_p"],
-                seed=_seed_for(data.get("seed"), c),
-                stop=tuple(data["stop"]),
-                presence_penalty=data["presence_penalty"],
-                frequency_penalty=data["frequency_penalty"],
-                logprobs=logprobs,
-                logit_bias=bias,
-            )
-            jobs.append((tokens, params))
-    handles = await _submit_all(model, engine, jobs)
-    choices = [_Choice(index, handle) for index, handle in enumerate(handles)]
-
-    meta = {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "created": _now(),
-        "model": model.model_id,
-        "system_fingerprint": _fingerprint(model),
-    }
-    echo = data.get("echo")
-
-    if not data["stream"]:
-        await _run_to_end(choices, acct, attempt)
-        out = []
-        for choice in choices:
-            prefix = prompt_texts[choice.index // n] if echo else ""
-            out.append(
-                {
-                    "text": prefix + choice.text,
-                    "index": choice.index,
-                    "logprobs": _completion_logprobs(choice.logprobs, len(prefix))
-                    if logprobs is not None
-                    else None,
-                    "finish_reason": choice.finish_reason,
-                }
-            )
-        return {
-            **_envelope(meta, "text_completion"),
-            "choices": out,
-            "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
-        }
-
-    include_usage = data["include_usage"]
-
-    def chunk(index: int, text: str, finish: str | None, lp=None) -> dict:
-        choice = {"text": text, "index": index, "logprobs": lp, "finish_reason": finish}
-        return _chunk(meta, "text_completion", choice, include_usage)
-
-    shape = _ChunkShape(
-        object="text_completion",
-        opening=lambda c: chunk(c.index, prompt_texts[c.index // n], None) if echo else None,
-        piece=lambda c, text, lp: chunk(c.index, text, None, lp),
-        closing=lambda c, finish: chunk(c.index, "", finish),
-        logprobs=lambda e: _completion_logprobs(e.logprobs, 0) if logprobs is not None else None,
-    )
-    return await _stream_choices(choices, acct, meta, shape, include_usage, attempt)
-
-
-# -- /v1/chat/completions ------------------------------------------------------------
-def _json_grammar(response_format: dict | None) -> str | None:
-    if not response_format or response_format["type"] == "text":
-        return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-    if response_format["type"] == "json_object":
-        return JSON_GBNF
-    schema = response_format["json_schema"].get("schema") or {}
-    try:
-        return json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:
-        raise InvalidRequest(
-            f"Invalid schema for response_format 'json_schema': {exc}",
-            param="response_format",
-            code="invalid_value",
-        ) from exc
 
 
 def _chat_logprobs(entries) -> dict:
@@ -604,309 +332,526 @@ def _chat_logprobs(entries) -> dict:
     }
 
 
-async def chat_completion_create(
-    *, principal: Principal, data: dict, acct: Accounting
-) -> dict | AsyncIterator[dict]:
-    async def run(model: LLMModel, attempt: _Attempt):
-        if model.is_remote:
-            return await _remote_text(model, data, acct, attempt, kind="chat/completions")
-        return await _chat_local(model, data, acct, attempt)
+@dataclass(frozen=True)
+class _Text:
+    """How one text endpoint reads its body and shapes its answer."""
 
-    response_format = data.get("response_format") or {}
-    json_mode = response_format.get("type") in ("json_object", "json_schema")
-    return await _serve(
-        principal=principal,
-        data=data,
-        acct=acct,
-        capability="json" if json_mode else "chat",
-        run=run,
-    )
+    kind: str  # the backend path: "completions" or "chat/completions"
+    serializer: type[Serializer]
+    id_prefix: str
+    object: str
+    chunk_object: str
 
+    def capability(self, data: dict) -> str:
+        if self.kind == "completions":
+            return "completion"
+        response_format = data.get("response_format") or {}
+        json_mode = response_format.get("type") in ("json_object", "json_schema")
+        return "json" if json_mode else "chat"
 
-async def _chat_local(model: LLMModel, data: dict, acct: Accounting, attempt: _Attempt):
-    engine = await local_engine(model)
-    format_stops = CHAT_FORMATS[model.chat_format].stop
-    tokens = _tokenize_chat(engine, model.chat_format, data["messages"])
-    max_tokens = _max_tokens(model, len(tokens), data.get("max_tokens"), None, "messages")
-    acct.prompt_tokens = len(tokens)
-    grammar = _json_grammar(data.get("response_format"))
-    logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
-    bias = _logit_bias(engine, data["logit_bias"])
-    _check_capacity(engine, data["n"])
-    await _reserve(acct, model, max_tokens * data["n"])
-    jobs = []
-    for c in range(data["n"]):
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=data["temperature"],
-            top_p=data["top_p"],
-            seed=_seed_for(data.get("seed"), c),
-            stop=tuple(data["stop"]) + format_stops,
-            presence_penalty=data["presence_penalty"],
-            frequency_penalty=data["frequency_penalty"],
-            logprobs=logprobs,
-            grammar=grammar,
-            logit_bias=bias,
-        )
-        jobs.append((tokens, params))
-    handles = await _submit_all(model, engine, jobs)
-    choices = [_Choice(index, handle) for index, handle in enumerate(handles)]
+    def wants_logprobs(self, data: dict) -> bool:
+        if self.kind == "completions":
+            return data.get("logprobs") is not None
+        return bool(data.get("logprobs"))
 
-    meta = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "created": _now(),
-        "model": model.model_id,
-        "system_fingerprint": _fingerprint(model),
-    }
+    def logprobs(self, entries, offset: int = 0) -> dict:
+        if self.kind == "completions":
+            return _completion_logprobs(entries, offset)
+        return _chat_logprobs(entries)
 
-    if not data["stream"]:
-        await _run_to_end(choices, acct, attempt)
+    def prefix(self, data: dict, gen: Generation, index: int) -> str:
+        if self.kind != "completions" or not data.get("echo") or gen.prompt_texts is None:
+            return ""
+        return gen.prompt_texts[index // gen.n]
+
+    def whole_choice(self, index: int, text: str, finish, logprobs) -> dict:
+        if self.kind == "completions":
+            return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
         return {
-            **_envelope(meta, "chat.completion"),
-            "choices": [
-                {
-                    "index": choice.index,
-                    "message": {"role": "assistant", "content": choice.text, "refusal": None},
-                    "logprobs": _chat_logprobs(choice.logprobs) if logprobs is not None else None,
-                    "finish_reason": choice.finish_reason,
-                }
-                for choice in choices
-            ],
-            "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
+            "index": index,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": logprobs,
+            "finish_reason": finish,
         }
 
-    include_usage = data["include_usage"]
+    def opening(self, data: dict, gen: Generation, index: int) -> dict | None:
+        if self.kind == "completions":
+            prefix = self.prefix(data, gen, index)
+            if not data.get("echo") or gen.prompt_texts is None:
+                return None
+            return {"text": prefix, "index": index, "logprobs": None, "finish_reason": None}
+        return {
+            "index": index,
+            "delta": {"role": "assistant", "content": "", "refusal": None},
+            "logprobs": None,
+            "finish_reason": None,
+        }
 
-    def chunk(index: int, delta: dict, finish: str | None, lp=None) -> dict:
-        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
-        return _chunk(meta, "chat.completion.chunk", choice, include_usage)
+    def piece(self, index: int, text: str | None, finish, logprobs) -> dict:
+        if self.kind == "completions":
+            return {
+                "text": text or "",
+                "index": index,
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }
+        delta = {"content": text} if text is not None else {}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
-    shape = _ChunkShape(
-        object="chat.completion.chunk",
-        opening=lambda c: chunk(
-            c.index, {"role": "assistant", "content": "", "refusal": None}, None
-        ),
-        piece=lambda c, text, lp: chunk(c.index, {"content": text}, None, lp),
-        closing=lambda c, finish: chunk(c.index, {}, finish),
-        logprobs=lambda e: _chat_logprobs(e.logprobs) if logprobs is not None else None,
+
+COMPLETIONS = _Text(
+    "completions", CompletionRequestSerializer, "cmpl", "text_completion", "text_completion"
+)
+CHAT = _Text(
+    "chat/completions",
+    ChatCompletionRequestSerializer,
+    "chatcmpl",
+    "chat.completion",
+    "chat.completion.chunk",
+)
+
+
+def _envelope(meta: dict, obj: str) -> dict:
+    """The fields every response and chunk opens with, in OpenAI's order."""
+    return {
+        "id": meta["id"],
+        "object": obj,
+        "created": meta["created"],
+        "model": meta["model"],
+        "system_fingerprint": meta["system_fingerprint"],
+    }
+
+
+async def _text_attempt(spec: _Text, data: dict, acct: Accounting, attempt: _Attempt):
+    gen = await attempt.backend.prepare(GenerateRequest(kind=spec.kind, data=data))
+    acct.prompt_tokens = gen.prompt_tokens
+    await _reserve(acct, attempt.model, gen.reserve_tokens)
+    await gen.start(attempt.timeout)
+    if data["stream"]:
+        return gen, None
+    # A failure before the whole answer is in may still fall back: nothing was sent.
+    return gen, await _collect(spec, data, gen, acct)
+
+
+async def _collect(spec: _Text, data: dict, gen: Generation, acct: Accounting) -> list[dict]:
+    """Read a generation to its end and shape the whole answer."""
+    texts: dict[int, list[str]] = {}
+    entries: dict[int, list] = {}
+    finish: dict[int, str | None] = {}
+    counts: dict[int, int] = {}
+    usage: Usage | None = None
+    events = gen.events()
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                acct.first_token()
+                texts.setdefault(event.index, []).append(event.text)
+                entries.setdefault(event.index, []).extend(event.logprobs)
+                counts[event.index] = counts.get(event.index, 0) + event.n_tokens
+            elif isinstance(event, Finish):
+                texts.setdefault(event.index, [])
+                finish[event.index] = event.reason
+                if event.completion_tokens is not None:
+                    counts[event.index] = event.completion_tokens
+            elif isinstance(event, Usage):
+                usage = event
+    finally:
+        await events.aclose()
+        await gen.close()
+    acct.completion_tokens = sum(counts.values())
+    if usage is not None:
+        acct.prompt_tokens, acct.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    wants = spec.wants_logprobs(data)
+    choices = []
+    for index in sorted(texts):
+        prefix = spec.prefix(data, gen, index)
+        lp = spec.logprobs(entries.get(index, []), len(prefix)) if wants else None
+        choices.append(
+            spec.whole_choice(index, prefix + "".join(texts[index]), finish.get(index), lp)
+        )
+    return choices
+
+
+async def _text_create(
+    spec: _Text,
+    *,
+    principal: Principal,
+    body,
+    request_id: str,
+    endpoint: str,
+    validate: Callable[[object], dict] | None = None,
+    shape: Callable[[dict], dict] | None = None,
+    record_body=None,
+) -> Outcome:
+    acct = _start(principal, endpoint, request_id, body if record_body is None else record_body)
+    handed_over = False
+    try:
+        data = validate(body) if validate else _validated(spec.serializer, body)
+        (gen, choices), attempt = await _routed(
+            principal=principal,
+            data=data,
+            acct=acct,
+            capability=spec.capability(data),
+            run=lambda attempt: _text_attempt(spec, data, acct, attempt),
+        )
+        model = attempt.model
+        meta = {
+            "id": f"{spec.id_prefix}-{uuid.uuid4().hex}",
+            "created": _now(),
+            "model": model.model_id,
+            "system_fingerprint": _fingerprint(model),
+        }
+        if data["stream"]:
+            owner = _StreamOwner(spec, data, gen, acct, meta, attempt)
+            handed_over = True
+            return Outcome(Streamed(owner, _headers(acct)), None, _view(acct))
+        _observe(acct, model.model_id, ok=True, attempt_started=attempt.started)
+        answer = {
+            **_envelope(meta, spec.object),
+            "choices": choices,
+            "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
+        }
+        if shape is not None:
+            answer = shape(answer)
+        return Outcome(Completed(answer, _headers(acct), _view(acct)), None, _view(acct))
+    except Exception as exc:
+        acct.fail(exc)
+        return Outcome(None, _as_api_error(exc, acct), _view(acct))
+    except BaseException as exc:
+        acct.fail(exc)
+        raise
+    finally:
+        if not handed_over:
+            await acct.write()
+
+
+class _StreamOwner:
+    """Owns a streamed request from the moment the service returns it: it
+    renders the events as chunks and, however the stream ends (read to the end,
+    closed by the reader, or never read at all), stops the generation and
+    writes the one usage record."""
+
+    def __init__(self, spec, data, gen: Generation, acct, meta, attempt: _Attempt) -> None:
+        self.spec = spec
+        self.data = data
+        self.gen = gen
+        self.acct = acct
+        self.meta = meta
+        self.attempt = attempt
+        self.loop = asyncio.get_running_loop()
+        self._chunks = self._render()
+        self._started = False
+        self._done = False
+
+    def acct_view(self) -> Accounted:
+        return _view(self.acct)
+
+    def __aiter__(self) -> _StreamOwner:
+        return self
+
+    async def __anext__(self) -> StreamItem:
+        if self._done and not self._started:
+            raise StopAsyncIteration
+        self._started = True
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        if self._started:
+            await self._chunks.aclose()
+            return
+        if self._done:
+            return
+        # Never read: the generator's `finally` would never run, so end it here.
+        self._done = True
+        await self._chunks.aclose()
+        with contextlib.suppress(Exception):
+            await self.gen.close()
+        self.acct.fail(asyncio.CancelledError())
+        _observe(
+            self.acct, self.attempt.model.model_id, ok=True, attempt_started=self.attempt.started
+        )
+        await self.acct.write()
+
+    def close_soon(self) -> None:
+        if self._done or self.acct.written or self.loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.aclose()))
+
+    def _chunk(self, choice: dict) -> dict:
+        body = {**_envelope(self.meta, self.spec.chunk_object), "choices": [choice]}
+        if self.data["include_usage"]:
+            body["usage"] = None
+        return body
+
+    async def _render(self) -> AsyncIterator[StreamItem]:
+        spec, data, gen, acct = self.spec, self.data, self.gen, self.acct
+        include_usage = data["include_usage"]
+        wants = spec.wants_logprobs(data)
+        opened: set[int] = set()
+        counted = 0
+        exact = False
+        events = gen.events()
+        try:
+            async for event in events:
+                if isinstance(event, Usage):
+                    exact = True
+                    acct.prompt_tokens = event.prompt_tokens
+                    acct.completion_tokens = event.completion_tokens
+                    continue
+                if event.index not in opened:
+                    opened.add(event.index)
+                    opening = spec.opening(data, gen, event.index)
+                    if opening is not None:
+                        yield self._chunk(opening)
+                if isinstance(event, TextDelta):
+                    acct.first_token()
+                    lp = spec.logprobs(event.logprobs) if wants and event.logprobs else None
+                    # Counted as handed to the server: a client that leaves
+                    # pays for what it was sent, and nothing more.
+                    counted += event.n_tokens
+                    if not exact:
+                        acct.completion_tokens = counted
+                    if event.text or lp:
+                        yield self._chunk(spec.piece(event.index, event.text, None, lp))
+                elif isinstance(event, Finish):
+                    closing = spec.piece(event.index, None, event.reason, None)
+                    yield self._chunk(closing)
+            if include_usage:
+                yield {
+                    **_envelope(self.meta, spec.chunk_object),
+                    "choices": [],
+                    "usage": _usage(acct.prompt_tokens, acct.completion_tokens),
+                }
+        except BaseException as exc:
+            acct.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+            yield StreamError(_as_api_error(exc, acct))
+        finally:
+            self._done = True
+            with contextlib.suppress(Exception):
+                await events.aclose()
+            with contextlib.suppress(Exception):
+                await gen.close()
+            ok = acct.status != "error"
+            _observe(acct, self.attempt.model.model_id, ok=ok, attempt_started=self.attempt.started)
+            await acct.write()
+
+
+async def _raise_or_return(outcome: Outcome) -> Completed | Streamed:
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.result
+
+
+async def completion_create(
+    *, principal: Principal, body, request_id: str, endpoint: str = "completions"
+) -> Completed | Streamed:
+    return await _raise_or_return(
+        await _text_create(
+            COMPLETIONS, principal=principal, body=body, request_id=request_id, endpoint=endpoint
+        )
     )
-    return await _stream_choices(choices, acct, meta, shape, include_usage, attempt)
 
 
-def _tokenize_chat(engine: LlamaEngine, chat_format: str, messages: list[dict]) -> list[int]:
-    """Tokenize a chat so that only the template's own markers become control tokens.
-
-    The template is rendered with placeholders and tokenized with special=True;
-    each message's content is tokenized with special=False and spliced in, so a
-    user typing "<end_of_turn>" gets plain text, not a turn boundary.
-    """
-    shadow = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
-    template, _ = render_chat(chat_format, shadow)
-    tokens: list[int] = []
-    for position, piece in enumerate(_PLACEHOLDER.split(template)):
-        if not piece:
-            continue
-        is_content = position % 2 == 1
-        text = messages[int(piece)]["content"] if is_content else piece
-        if text:
-            tokens += engine.tokenize(text, add_bos=not tokens, special=not is_content)
-    return tokens
-
-
-_PLACEHOLDER = re.compile("\x00(\\d+)\x00")
+async def chat_completion_create(
+    *,
+    principal: Principal,
+    body,
+    request_id: str,
+    endpoint: str = "chat.completions",
+) -> Completed | Streamed:
+    return await _raise_or_return(
+        await _text_create(
+            CHAT, principal=principal, body=body, request_id=request_id, endpoint=endpoint
+        )
+    )
 
 
 # -- /v1/embeddings ---------------------------------------------------------------------
-async def embedding_create(*, principal: Principal, data: dict, acct: Accounting) -> dict:
-    async def run(model: LLMModel, attempt: _Attempt):
-        if model.is_remote:
-            return await _remote_embeddings(model, data, acct)
-        return await _embedding_local(model, data, acct, attempt)
-
-    return await _serve(principal=principal, data=data, acct=acct, capability="embeddings", run=run)
-
-
-async def _embedding_local(model: LLMModel, data: dict, acct: Accounting, attempt: _Attempt):
-    engine = await local_engine(model)
-    inputs = []
-    for index, item in enumerate(data["input"]):
-        tokens = _tokenize_prompt(engine, item, "input")
-        if len(tokens) > model.n_ctx:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {model.n_ctx} tokens, however "
-                f"input {index} has {len(tokens)} tokens. Please reduce its length.",
-                param="input",
-            )
-        inputs.append(tokens)
-    acct.prompt_tokens = sum(len(t) for t in inputs)
-    _check_capacity(engine, 1)
-    await _reserve(acct, model, 0)
-    try:
-        handle = engine.submit_embeddings(inputs)
-    except EngineClosed:
-        handle = (await local_engine(model)).submit_embeddings(inputs)
-    result = None
-    try:
-        async for event in handle:
-            if isinstance(event, EmbeddingResult):
-                result = event
-    except BaseException:
-        handle.cancel()
-        raise
-    if result is None:
-        raise internal_error()
-    as_base64 = data["encoding_format"] == "base64"
-    return {
-        "object": "list",
-        "data": [
-            {
-                "object": "embedding",
-                "index": index,
-                "embedding": _b64(vec) if as_base64 else vec,
-            }
-            for index, vec in enumerate(result.vectors)
-        ],
-        "model": model.model_id,
-        "usage": {"prompt_tokens": acct.prompt_tokens, "total_tokens": acct.prompt_tokens},
-    }
-
-
 def _b64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-# -- remote backends -------------------------------------------------------------------
-# Fields that shape llmsite's own handling and are not sent upstream as they are.
-_LOCAL_ONLY = {"include_usage", "stream_options", "max_completion_tokens", "model"}
+async def _embedding_attempt(data: dict, acct: Accounting, attempt: _Attempt):
+    job = await attempt.backend.embed(data)
+    acct.prompt_tokens = job.prompt_tokens
+    await _reserve(acct, attempt.model, 0)
+    result = await job.run()
+    acct.prompt_tokens = result.prompt_tokens
+    return result
 
 
-def _upstream_body(model: LLMModel, data: dict, *, stream: bool) -> dict:
-    body = {k: v for k, v in data.items() if k not in _LOCAL_ONLY and v is not None}
-    body["model"] = model.remote_model or model.model_id
-    body["stream"] = stream
-    if stream:
-        # Always ask for usage: it is what the tenant is billed for.
-        body["stream_options"] = {"include_usage": True}
-    return body
-
-
-def _estimate_prompt_tokens(data: dict) -> int:
-    """An upper bound of the prompt's tokens for the quota reservation only.
-
-    The remote model's tokenizer is not here. A token covers at least one
-    byte, so the UTF-8 length bounds the count (plus a few template tokens per
-    message); settlement replaces it with the upstream's exact usage.
-    """
-    if "messages" in data:
-        total = 2
-        for message in data["messages"]:
-            content = message.get("content") or ""
-            if not isinstance(content, str):
-                content = json.dumps(content)
-            total += len(content.encode("utf-8")) + 6
-        return total
-    items = data.get("prompt", data.get("input", []))
-    return sum(len(i) if isinstance(i, list) else len(i.encode("utf-8")) + 1 for i in items)
-
-
-def _take_usage(acct: Accounting, usage: dict | None) -> bool:
-    if not isinstance(usage, dict):
-        return False
-    acct.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    acct.completion_tokens = int(usage.get("completion_tokens") or 0)
-    return True
-
-
-async def _remote_text(
-    model: LLMModel, data: dict, acct: Accounting, attempt: _Attempt, *, kind: str
-) -> dict | AsyncIterator[dict]:
-    backend = RemoteBackend(model)
-    estimate = _estimate_prompt_tokens(data)
-    acct.prompt_tokens = estimate
-    n = data.get("n") or 1
-    prompts = len(data.get("prompt") or [None])
-    requested = data.get("max_tokens")
-    room = max(1, model.n_ctx - estimate) if requested is None else requested
-    await _reserve(acct, model, room * n * prompts)
-    path = f"/{kind}"
-    if not data["stream"]:
-        result = await asyncio.wait_for(
-            backend.post(path, _upstream_body(model, data, stream=False)), attempt.timeout
+async def _embedding_run(
+    *, principal, body, request_id, endpoint, validate=None, record_body=None
+) -> Outcome:
+    acct = _start(principal, endpoint, request_id, body if record_body is None else record_body)
+    try:
+        data = validate(body) if validate else _validated(EmbeddingRequestSerializer, body)
+        result, attempt = await _routed(
+            principal=principal,
+            data=data,
+            acct=acct,
+            capability="embeddings",
+            run=lambda attempt: _embedding_attempt(data, acct, attempt),
         )
-        if not _take_usage(acct, result.get("usage")):
-            raise BackendUnavailable(f"The backend serving `{model.model_id}` reported no usage.")
-        return result
-    stream = await asyncio.wait_for(
-        backend.stream(path, _upstream_body(model, data, stream=True)), attempt.timeout
-    )
-    try:
-        first = await asyncio.wait_for(anext(stream), attempt.timeout)
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        await stream.aclose()
-        raise
-    return _remote_streamed(model, stream, first, acct, data["include_usage"])
-
-
-async def _remote_streamed(
-    model: LLMModel, stream, first: dict | None, acct: Accounting, include_usage: bool
-) -> AsyncIterator[dict]:
-    exact = False
-    delivered = 0  # content chunks, one per token from llama.cpp-based servers
-    try:
-        pending = [first] if first is not None else []
-        while True:
-            if pending:
-                chunk = pending.pop()
-            else:
-                try:
-                    chunk = await anext(stream)
-                except StopAsyncIteration:
-                    break
-            if "error" in chunk:
-                acct.status, acct.error_code = "error", "upstream_error"
-                yield chunk
-                return
-            chunk["model"] = model.model_id
-            if _take_usage(acct, chunk.get("usage")):
-                exact = True
-            if not chunk.get("choices"):
-                if include_usage and chunk.get("usage"):
-                    yield chunk
-                continue
-            if any(_has_content(c) for c in chunk["choices"]):
-                acct.first_token()
-                delivered += 1
-                if not exact:
-                    acct.completion_tokens = delivered
-            if not include_usage:
-                chunk.pop("usage", None)
-            yield chunk
+        _observe(acct, attempt.model.model_id, ok=True, attempt_started=attempt.started)
+        as_base64 = data["encoding_format"] == "base64"
+        answer = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _b64(v) if as_base64 else v}
+                for i, v in enumerate(result.vectors)
+            ],
+            "model": attempt.model.model_id,
+            "usage": {"prompt_tokens": acct.prompt_tokens, "total_tokens": acct.prompt_tokens},
+        }
+        return Outcome(Completed(answer, _headers(acct), _view(acct)), None, _view(acct))
+    except Exception as exc:
+        acct.fail(exc)
+        return Outcome(None, _as_api_error(exc, acct), _view(acct))
     except BaseException as exc:
         acct.fail(exc)
-        if not isinstance(exc, Exception):
-            raise
-        yield (to_api_error(exc) or internal_error()).body()
+        raise
     finally:
-        await stream.aclose()
         await acct.write()
 
 
-def _has_content(choice: dict) -> bool:
-    delta = choice.get("delta")
-    if isinstance(delta, dict):
-        return bool(delta.get("content"))
-    return bool(choice.get("text"))
-
-
-async def _remote_embeddings(model: LLMModel, data: dict, acct: Accounting) -> dict:
-    acct.prompt_tokens = _estimate_prompt_tokens(data)
-    await _reserve(acct, model, 0)
-    result = await RemoteBackend(model).post(
-        "/embeddings", _upstream_body(model, data, stream=False)
+async def embedding_create(
+    *, principal: Principal, body, request_id: str, endpoint: str = "embeddings"
+) -> Completed:
+    return await _raise_or_return(
+        await _embedding_run(
+            principal=principal, body=body, request_id=request_id, endpoint=endpoint
+        )
     )
-    result.pop("stream", None)
-    usage = result.get("usage") or {}
-    acct.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    return result
+
+
+# -- /v1/analyze -------------------------------------------------------------------------
+async def analysis_create(
+    *, principal: Principal, body, request_id: str, endpoint: str = "analyze"
+) -> Completed:
+    """Sentiment, keywords and summary of a text: one chat completion underneath
+    (see `inference.extras`), one request and one record under `analyze`."""
+    from inference import extras  # extras runs its batches through this module
+
+    tasks: list[str] = []
+
+    def validate(raw) -> dict:
+        data, wanted = extras.analysis_request(raw)
+        tasks.extend(wanted)
+        return data
+
+    return await _raise_or_return(
+        await _text_create(
+            CHAT,
+            principal=principal,
+            body=body,
+            request_id=request_id,
+            endpoint=endpoint,
+            validate=validate,
+            shape=lambda answer: extras.analysis_shape(answer, tasks),
+        )
+    )
+
+
+# -- /v1/models ------------------------------------------------------------------------
+def _model_object(model) -> dict:
+    return {
+        "id": model.model_id,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": model.owned_by,
+    }
+
+
+def _alias_object(alias) -> dict:
+    return {
+        "id": alias.name,
+        "object": "model",
+        "created": int(alias.created_at.timestamp()),
+        "owned_by": "llmsite-router",
+    }
+
+
+def _model_and_alias_list(*, tenant, api_key) -> dict:
+    models = selectors.model_list(tenant=tenant, api_key=api_key)
+    aliases = router.alias_list(tenant=tenant, api_key=api_key)
+    data = [_model_object(m) for m in models] + [_alias_object(a) for a in aliases]
+    return {"object": "list", "data": data}
+
+
+def _model_or_alias(*, tenant, api_key, model_id: str) -> dict:
+    try:
+        return _model_object(selectors.model_get(tenant=tenant, api_key=api_key, model_id=model_id))
+    except ModelNotFound:
+        for alias in router.alias_list(tenant=tenant, api_key=api_key):
+            if alias.name == model_id:
+                return _alias_object(alias)
+        raise
+
+
+async def _read(acct: Accounting, read) -> Completed:
+    try:
+        await acct.reserve(model=None, max_completion_tokens=0)
+        body = await sync_to_async(read)()
+        return Completed(body, _headers(acct), _view(acct))
+    except Exception as exc:
+        acct.fail(exc)
+        raise _as_api_error(exc, acct) from exc
+    except BaseException as exc:
+        acct.fail(exc)
+        raise
+    finally:
+        await acct.write()
+
+
+async def model_list(*, principal: Principal, request_id: str) -> Completed:
+    acct = _start(principal, "models", request_id, None)
+    return await _read(
+        acct,
+        lambda: _model_and_alias_list(tenant=principal.tenant, api_key=principal.api_key),
+    )
+
+
+async def model_retrieve(*, principal: Principal, request_id: str, model_id: str) -> Completed:
+    acct = _start(principal, "models", request_id, None)
+    acct.model_id = model_id[:128]
+    return await _read(
+        acct,
+        lambda: _model_or_alias(
+            tenant=principal.tenant, api_key=principal.api_key, model_id=model_id
+        ),
+    )
+
+
+# -- fan-out ----------------------------------------------------------------------------
+async def request_run(
+    operation: str,
+    *,
+    principal: Principal,
+    body,
+    request_id: str,
+    endpoint: str,
+    validate: Callable[[object], dict] | None = None,
+    record_body=None,
+) -> Outcome:
+    """Run one non-streamed request and return its outcome instead of raising
+    (a batch or compare item): `operation` is "completions", "chat.completions"
+    or "embeddings". `validate` replaces the operation's own serializer (a batch
+    item is validated with its URL); `record_body` is what the usage record's
+    model and end user are read from, when not `body`. The record is written,
+    as for any request."""
+    kwargs = dict(
+        principal=principal,
+        body=body,
+        request_id=request_id,
+        endpoint=endpoint,
+        validate=validate,
+        record_body=record_body,
+    )
+    if operation == "embeddings":
+        return await _embedding_run(**kwargs)
+    spec = COMPLETIONS if operation == "completions" else CHAT
+    return await _text_create(spec, **kwargs)

@@ -1,0 +1,397 @@
+"""The local backend: a GGUF model on this process's llama.cpp engine.
+
+Prompt building (tokenization, which is llama.cpp work proportional to the
+prompt) runs in a worker thread, never on the event loop; the engine's own
+thread does the decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from inference.backends.base import Embeddings, Event, Finish, GenerateRequest, TextDelta
+from inference.chat_formats import CHAT_FORMATS, render_chat
+from inference.engine import (
+    EmbeddingResult,
+    EngineClosed,
+    Finished,
+    LlamaEngine,
+    ModelLoadError,
+    SamplingParams,
+)
+from inference.engine import TextDelta as EngineDelta
+from inference.models import LLMModel
+from inference.registry import MemoryBudgetExceeded, registry
+from llmsite.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelUnavailable,
+    ServiceUnavailable,
+    internal_error,
+)
+
+logger = logging.getLogger("llmsite.inference")
+
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+async def local_engine(model: LLMModel) -> LlamaEngine:
+    """The loaded engine for a local model, loading it (off the event loop) if needed."""
+    engine = registry.ready_engine(model)
+    if engine is not None:  # the common case: no thread hops
+        return engine
+    try:
+        engine = await sync_to_async(registry.engine_for, thread_sensitive=False)(model)
+        ready = await sync_to_async(engine.wait_ready, thread_sensitive=False)(
+            settings.LLMSITE_LOAD_TIMEOUT
+        )
+    except ModelLoadError as exc:
+        logger.error("model %s unavailable: %s", model.model_id, exc)
+        raise ModelUnavailable(
+            f"The model `{model.model_id}` is unavailable: its GGUF file could not be loaded.",
+            param="model",
+            code="model_unavailable",
+            headers={"Retry-After": "60"},
+        ) from exc
+    except MemoryBudgetExceeded as exc:
+        raise ModelUnavailable(
+            f"The model `{model.model_id}` cannot be loaded now: {exc}",
+            param="model",
+            code="model_unavailable",
+            headers={"Retry-After": "10"},
+        ) from exc
+    if not ready:
+        raise ModelUnavailable(
+            f"The model `{model.model_id}` is still loading; retry shortly.",
+            param="model",
+            headers={"Retry-After": "5"},
+        )
+    return engine
+
+
+def check_capacity(engine: LlamaEngine, jobs: int) -> None:
+    # Refuse up front rather than queue without bound: a 503 with Retry-After
+    # lets a client (or a load balancer) go elsewhere now.
+    if engine.queue_depth + jobs > settings.LLMSITE_MAX_QUEUE:
+        raise ServiceUnavailable(
+            f"The model `{engine.spec.model_id}` is overloaded; retry shortly.",
+            code="model_overloaded",
+            headers={"Retry-After": "2"},
+        )
+
+
+async def _submit_all(
+    model: LLMModel, engine: LlamaEngine, jobs: list[tuple[list[int], SamplingParams]]
+) -> list:
+    """Queue every job on the model's engine. An engine unloaded meanwhile (an
+    operator's unload or reload) is replaced by a fresh one, so the request
+    waits for the load instead of failing."""
+    handles = []
+    try:
+        for tokens, params in jobs:
+            try:
+                handles.append(engine.submit(tokens, params))
+            except EngineClosed:
+                engine = await local_engine(model)
+                handles.append(engine.submit(tokens, params))
+    except BaseException:
+        for handle in handles:
+            handle.cancel()
+        raise
+    return handles
+
+
+# -- prompts -------------------------------------------------------------------------
+def _tokenize_prompt(engine: LlamaEngine, item: str | list[int], param: str) -> list[int]:
+    if isinstance(item, str):
+        return engine.tokenize(item, add_bos=True, special=False)
+    bad = next((t for t in item if not engine.valid_token(t)), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"Token id {bad} is outside this model's vocabulary (0..{engine.n_vocab - 1}).",
+            param=param,
+            code="invalid_value",
+        )
+    return list(item)
+
+
+def _logit_bias(engine: LlamaEngine, bias: dict[int, float]) -> dict[int, float] | None:
+    bad = next((t for t in bias if not engine.valid_token(t)), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"Token id {bad} in logit_bias is outside this model's vocabulary "
+            f"(0..{engine.n_vocab - 1}).",
+            param="logit_bias",
+            code="invalid_value",
+        )
+    return bias or None
+
+
+def _max_tokens(
+    model: LLMModel, prompt_len: int, requested: int | None, default: int | None, param: str
+) -> int:
+    room = model.n_ctx - prompt_len
+    if requested is None:
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {model.n_ctx} tokens. However, your "
+                f"{param} resulted in {prompt_len} tokens. Please reduce the length of the "
+                f"{param}.",
+                param=param,
+            )
+        return min(default, room) if default else room
+    if prompt_len + requested > model.n_ctx:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {model.n_ctx} tokens. However, you "
+            f"requested {prompt_len + requested} tokens ({prompt_len} in the {param}, "
+            f"{requested} in the completion). Please reduce the length of the {param} or "
+            f"completion.",
+            param=param,
+        )
+    return requested
+
+
+def _seed_for(seed: int | None, choice: int) -> int | None:
+    return None if seed is None else (seed + choice) & 0xFFFFFFFF
+
+
+def _json_grammar(response_format: dict | None) -> str | None:
+    if not response_format or response_format["type"] == "text":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if response_format["type"] == "json_object":
+        return JSON_GBNF
+    schema = response_format["json_schema"].get("schema") or {}
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:
+        raise InvalidRequest(
+            f"Invalid schema for response_format 'json_schema': {exc}",
+            param="response_format",
+            code="invalid_value",
+        ) from exc
+
+
+def chat_prompt(engine: LlamaEngine, model: LLMModel, data: dict) -> tuple[list[int], tuple]:
+    """A chat's prompt tokens and the stop strings its template adds.
+
+    The one place a chat becomes tokens: a GGUF's own chat template replaces
+    this body, nothing around it.
+    """
+    tokens = _tokenize_chat(engine, model.chat_format, data["messages"])
+    return tokens, CHAT_FORMATS[model.chat_format].stop
+
+
+def _tokenize_chat(engine: LlamaEngine, chat_format: str, messages: list[dict]) -> list[int]:
+    """Tokenize a chat so that only the template's own markers become control tokens.
+
+    The template is rendered with placeholders and tokenized with special=True;
+    each message's content is tokenized with special=False and spliced in, so a
+    user typing "<end_of_turn>" gets plain text, not a turn boundary.
+    """
+    shadow = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
+    template, _ = render_chat(chat_format, shadow)
+    tokens: list[int] = []
+    for position, piece in enumerate(_PLACEHOLDER.split(template)):
+        if not piece:
+            continue
+        is_content = position % 2 == 1
+        text = messages[int(piece)]["content"] if is_content else piece
+        if text:
+            tokens += engine.tokenize(text, add_bos=not tokens, special=not is_content)
+    return tokens
+
+
+_PLACEHOLDER = re.compile("\x00(\\d+)\x00")
+
+
+def _plan_completion(engine: LlamaEngine, model: LLMModel, data: dict):
+    prompts = [_tokenize_prompt(engine, item, "prompt") for item in data["prompt"]]
+    longest = max(len(tokens) for tokens in prompts)
+    max_tokens = _max_tokens(
+        model, longest, data.get("max_tokens"), DEFAULT_COMPLETION_MAX_TOKENS, "prompt"
+    )
+    bias = _logit_bias(engine, data["logit_bias"])
+    jobs = []
+    texts: list[str] = []
+    for p_index, tokens in enumerate(prompts):
+        item = data["prompt"][p_index]
+        texts.append(item if isinstance(item, str) else engine.detokenize(tokens))
+        for c in range(data["n"]):
+            params = SamplingParams(
+                max_tokens=max_tokens,
+                temperature=data["temperature"],
+                top_p=data["top_p"],
+                seed=_seed_for(data.get("seed"), c),
+                stop=tuple(data["stop"]),
+                presence_penalty=data["presence_penalty"],
+                frequency_penalty=data["frequency_penalty"],
+                logprobs=data.get("logprobs"),
+                logit_bias=bias,
+            )
+            jobs.append((tokens, params))
+    return jobs, sum(len(t) for t in prompts), max_tokens * len(jobs), texts
+
+
+def _plan_chat(engine: LlamaEngine, model: LLMModel, data: dict):
+    tokens, format_stops = chat_prompt(engine, model, data)
+    max_tokens = _max_tokens(model, len(tokens), data.get("max_tokens"), None, "messages")
+    grammar = _json_grammar(data.get("response_format"))
+    logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
+    bias = _logit_bias(engine, data["logit_bias"])
+    jobs = []
+    for c in range(data["n"]):
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=data["temperature"],
+            top_p=data["top_p"],
+            seed=_seed_for(data.get("seed"), c),
+            stop=tuple(data["stop"]) + format_stops,
+            presence_penalty=data["presence_penalty"],
+            frequency_penalty=data["frequency_penalty"],
+            logprobs=logprobs,
+            grammar=grammar,
+            logit_bias=bias,
+        )
+        jobs.append((tokens, params))
+    return jobs, len(tokens), max_tokens * len(jobs), None
+
+
+# -- generation ----------------------------------------------------------------------
+@dataclass(eq=False)
+class LocalGeneration:
+    backend: LocalBackend
+    engine: LlamaEngine
+    jobs: list
+    prompt_tokens: int
+    reserve_tokens: int
+    prompt_texts: list[str] | None
+    n: int
+    handles: list = field(default_factory=list)
+    _peeked: list = field(default_factory=list)
+
+    async def start(self, timeout: float | None) -> None:
+        self.handles = await _submit_all(self.backend.model, self.engine, self.jobs)
+        # Peek with an iterator of its own: the rest may be read from another
+        # event loop (Django's test client does that), and a handle iterator
+        # waits on the loop it started in.
+        events = aiter(self.handles[0])
+        try:
+            self._peeked.append(await asyncio.wait_for(anext(events), timeout))
+        except BaseException:
+            self._cancel()
+            raise
+        finally:
+            await events.aclose()
+
+    async def events(self) -> AsyncIterator[Event]:
+        try:
+            for index, handle in enumerate(self.handles):
+                async for event in self._choice_events(index, handle):
+                    if isinstance(event, EngineDelta):
+                        yield TextDelta(index, event.text, event.n_tokens, tuple(event.logprobs))
+                    elif isinstance(event, Finished):
+                        reason = "stop" if event.finish_reason == "stop" else "length"
+                        yield Finish(index, reason, event.completion_tokens)
+        finally:
+            self._cancel()
+
+    async def _choice_events(self, index: int, handle) -> AsyncIterator[object]:
+        if index == 0:
+            while self._peeked:
+                event = self._peeked.pop(0)
+                yield event
+                if isinstance(event, Finished):
+                    return
+        async for event in handle:
+            yield event
+
+    async def close(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+
+
+@dataclass(eq=False)
+class LocalEmbeddingJob:
+    backend: LocalBackend
+    engine: LlamaEngine
+    inputs: list[list[int]]
+    prompt_tokens: int
+
+    async def run(self) -> Embeddings:
+        try:
+            handle = self.engine.submit_embeddings(self.inputs)
+        except EngineClosed:
+            engine = await local_engine(self.backend.model)
+            handle = engine.submit_embeddings(self.inputs)
+        result = None
+        try:
+            async for event in handle:
+                if isinstance(event, EmbeddingResult):
+                    result = event
+        except BaseException:
+            handle.cancel()
+            raise
+        if result is None:
+            raise internal_error()
+        return Embeddings(vectors=result.vectors, prompt_tokens=self.prompt_tokens)
+
+
+def _embedding_inputs(engine: LlamaEngine, model: LLMModel, data: dict) -> list[list[int]]:
+    inputs = []
+    for index, item in enumerate(data["input"]):
+        tokens = _tokenize_prompt(engine, item, "input")
+        if len(tokens) > model.n_ctx:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {model.n_ctx} tokens, however "
+                f"input {index} has {len(tokens)} tokens. Please reduce its length.",
+                param="input",
+            )
+        inputs.append(tokens)
+    return inputs
+
+
+class LocalBackend:
+    def __init__(self, model: LLMModel) -> None:
+        self.model = model
+
+    async def prepare(self, request: GenerateRequest) -> LocalGeneration:
+        engine = await local_engine(self.model)
+        plan = _plan_chat if request.kind == "chat/completions" else _plan_completion
+        jobs, prompt_tokens, reserve, texts = await sync_to_async(plan, thread_sensitive=False)(
+            engine, self.model, request.data
+        )
+        check_capacity(engine, len(jobs))
+        return LocalGeneration(
+            backend=self,
+            engine=engine,
+            jobs=jobs,
+            prompt_tokens=prompt_tokens,
+            reserve_tokens=reserve,
+            prompt_texts=texts,
+            n=request.data["n"],
+        )
+
+    async def embed(self, data: dict) -> LocalEmbeddingJob:
+        engine = await local_engine(self.model)
+        inputs = await sync_to_async(_embedding_inputs, thread_sensitive=False)(
+            engine, self.model, data
+        )
+        check_capacity(engine, 1)
+        return LocalEmbeddingJob(self, engine, inputs, sum(len(t) for t in inputs))
+
+    async def tokenize(self, text: str) -> list[int]:
+        engine = await local_engine(self.model)
+        return await sync_to_async(engine.tokenize, thread_sensitive=False)(text)
