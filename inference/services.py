@@ -44,7 +44,7 @@ from inference.backends import (
     backend_for,
 )
 from inference.backends.local import _tokenize_chat, chat_prompt  # noqa: F401 - re-exported
-from inference.engine import EngineError
+from inference.engine import EngineError, ModelLoadError
 from inference.live import live
 from inference.models import LLMModel
 from inference.router import health, route_resolve
@@ -55,8 +55,11 @@ from inference.serializers import (
 )
 from llmsite.errors import (
     APIError,
+    BackendUnavailable,
     ContextLengthExceeded,
     ModelNotFound,
+    ModelUnavailable,
+    ServiceUnavailable,
     UpstreamRejected,
     internal_error,
     to_api_error,
@@ -176,6 +179,17 @@ def _as_api_error(exc: Exception, acct: Accounting) -> APIError:
     return err
 
 
+async def _count_refused_prompt(acct: Accounting, exc: Exception) -> None:
+    """A prompt refused as too long still cost its tokenization: it counts
+    against the caller's requests per minute (billed nothing), so oversized
+    prompts cannot be sent without limit."""
+    if acct.reservation is not None or not isinstance(exc, ContextLengthExceeded):
+        return
+    acct.prompt_tokens = acct.completion_tokens = 0
+    with contextlib.suppress(APIError):  # over the limit already: the 400 still stands
+        await acct.reserve(model=None, max_completion_tokens=0)
+
+
 def _validated(serializer_class: type[Serializer], body) -> dict:
     serializer = serializer_class(data=body)
     serializer.is_valid(raise_exception=True)
@@ -195,15 +209,29 @@ async def request_refuse(
 
 # -- the router's fallback loop --------------------------------------------------------
 def _backend_failure(exc: BaseException) -> bool:
-    """Failures of the backend itself: they count towards its cooldown."""
-    if isinstance(exc, EngineError | asyncio.TimeoutError):
+    """A real fault of the backend itself: only these count towards its cooldown.
+
+    A refused connection, a timeout, an upstream 5xx, an engine that failed or a
+    GGUF that would not load. An overloaded or still-loading model, and a
+    request that is invalid or too long for it, are no fault of the backend.
+    """
+    if isinstance(exc, EngineError | asyncio.TimeoutError | BackendUnavailable):
         return True
-    return isinstance(exc, APIError) and exc.status >= 500
+    if isinstance(exc, ModelUnavailable):
+        return isinstance(exc.__cause__, ModelLoadError)
+    if isinstance(exc, ServiceUnavailable):
+        return False
+    return isinstance(exc, APIError) and exc.status >= 500 and exc.code != "model_overloaded"
 
 
 def _retryable(exc: BaseException) -> bool:
-    # A context too long for one candidate may fit the next one's.
-    return _backend_failure(exc) or isinstance(exc, ContextLengthExceeded | UpstreamRejected)
+    # Another candidate may have room (overloaded, loading), or a context long
+    # enough (a context too long for this one), or simply work.
+    if _backend_failure(exc):
+        return True
+    if isinstance(exc, APIError) and exc.status >= 500:
+        return True
+    return isinstance(exc, ContextLengthExceeded | UpstreamRejected)
 
 
 async def _reserve(acct: Accounting, model: LLMModel, max_completion_tokens: int) -> None:
@@ -516,6 +544,7 @@ async def _text_create(
         return Outcome(Completed(answer, _headers(acct), _view(acct)), None, _view(acct))
     except Exception as exc:
         acct.fail(exc)
+        await _count_refused_prompt(acct, exc)
         return Outcome(None, _as_api_error(exc, acct), _view(acct))
     except BaseException as exc:
         acct.fail(exc)
@@ -575,8 +604,14 @@ class _StreamOwner:
     def close_soon(self) -> None:
         if self._done or self.acct.written or self.loop.is_closed():
             return
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.aclose()))
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._close_quietly()))
+
+    async def _close_quietly(self) -> None:
+        try:
+            await self.aclose()
+        except Exception:
+            logger.exception("could not close the stream of request %s", self.acct.request_id)
 
     def _chunk(self, choice: dict) -> dict:
         body = {**_envelope(self.meta, self.spec.chunk_object), "choices": [choice]}
@@ -710,6 +745,7 @@ async def _embedding_run(
         return Outcome(Completed(answer, _headers(acct), _view(acct)), None, _view(acct))
     except Exception as exc:
         acct.fail(exc)
+        await _count_refused_prompt(acct, exc)
         return Outcome(None, _as_api_error(exc, acct), _view(acct))
     except BaseException as exc:
         acct.fail(exc)

@@ -41,6 +41,9 @@ from llmsite.errors import (
 logger = logging.getLogger("llmsite.inference")
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# No real text averages more characters per token than this: a prompt longer
+# than n_ctx times it cannot fit, and is refused before it costs a tokenization.
+CHARS_PER_TOKEN_BOUND = 16
 
 
 async def local_engine(model: LLMModel) -> LlamaEngine:
@@ -110,6 +113,28 @@ async def _submit_all(
 
 
 # -- prompts -------------------------------------------------------------------------
+def _text_chars(item) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):  # a chat message
+        content = item.get("content")
+        return len(content) if isinstance(content, str) else len(json.dumps(content))
+    return 0  # token ids cost no tokenization
+
+
+def check_prompt_chars(model: LLMModel, items: list, param: str) -> None:
+    """Refuse a prompt too long to tokenize: tokenizing costs CPU in proportion
+    to the characters, and a prompt this long cannot fit the context anyway."""
+    limit = settings.LLMSITE_MAX_PROMPT_CHARS or model.n_ctx * CHARS_PER_TOKEN_BOUND
+    chars = sum(_text_chars(item) for item in items)
+    if chars > limit:
+        raise ContextLengthExceeded(
+            f"This model accepts at most {limit} characters of {param} in one request; "
+            f"yours has {chars}. Please reduce the length of the {param}.",
+            param=param,
+        )
+
+
 def _tokenize_prompt(engine: LlamaEngine, item: str | list[int], param: str) -> list[int]:
     if isinstance(item, str):
         return engine.tokenize(item, add_bos=True, special=False)
@@ -360,6 +385,14 @@ def _embedding_inputs(engine: LlamaEngine, model: LLMModel, data: dict) -> list[
                 param="input",
             )
         inputs.append(tokens)
+    total = sum(len(tokens) for tokens in inputs)
+    limit = settings.LLMSITE_EMBEDDINGS_MAX_TOKENS
+    if total > limit:
+        raise InvalidRequest(
+            f"At most {limit} tokens of input are embedded in one request; yours has {total}.",
+            param="input",
+            code="invalid_value",
+        )
     return inputs
 
 
@@ -368,8 +401,13 @@ class LocalBackend:
         self.model = model
 
     async def prepare(self, request: GenerateRequest) -> LocalGeneration:
+        chat = request.kind == "chat/completions"
+        if chat:
+            check_prompt_chars(self.model, request.data["messages"], "messages")
+        else:
+            check_prompt_chars(self.model, request.data["prompt"], "prompt")
         engine = await local_engine(self.model)
-        plan = _plan_chat if request.kind == "chat/completions" else _plan_completion
+        plan = _plan_chat if chat else _plan_completion
         jobs, prompt_tokens, reserve, texts = await sync_to_async(plan, thread_sensitive=False)(
             engine, self.model, request.data
         )
@@ -385,6 +423,7 @@ class LocalBackend:
         )
 
     async def embed(self, data: dict) -> LocalEmbeddingJob:
+        check_prompt_chars(self.model, data["input"], "input")
         engine = await local_engine(self.model)
         inputs = await sync_to_async(_embedding_inputs, thread_sensitive=False)(
             engine, self.model, data
