@@ -49,8 +49,8 @@ def rid() -> str:
     return f"rec-{uuid.uuid4().hex[:12]}"
 
 
-def one_rpm() -> None:
-    call_command("set_quota", "--tenant", "acme", "--rpm", "1", stdout=StringIO())
+def rpm(limit: int = 1) -> None:
+    call_command("set_quota", "--tenant", "acme", "--rpm", str(limit), stdout=StringIO())
 
 
 def post(client, path: str, body, request_id: str, **extra):
@@ -65,11 +65,11 @@ def post(client, path: str, body, request_id: str, **extra):
 
 # -- REST, whole answer ---------------------------------------------------------------
 def test_rest_success_error_and_rejection_each_leave_one_record(client, fresh_minute):
+    rpm()
     ok, bad, unparseable, refused = rid(), rid(), rid(), rid()
     assert post(client, "/v1/chat/completions", CHAT, ok).status_code == 200
     assert post(client, "/v1/chat/completions", {**CHAT, "n": 0}, bad).status_code == 400
     assert post(client, "/v1/chat/completions", "{", unparseable).status_code == 400
-    one_rpm()
     r = post(client, "/v1/chat/completions", CHAT, refused)
     assert r.status_code == 429
     assert records(ok) == [("ok", "")]
@@ -103,7 +103,7 @@ def test_sse_success_and_error_leave_one_record(client):
 
 
 def test_sse_rejection_leaves_one_record(client, fresh_minute):
-    one_rpm()
+    rpm()
     first, refused = rid(), rid()
     read_stream(post(client, "/v1/chat/completions", {**CHAT, "stream": True}, first))
     assert (
@@ -179,6 +179,7 @@ async def ws_seen() -> set[int]:
 async def test_websocket_success_error_rejection_and_cancel_each_leave_one_record(
     api_key, gemma, fresh_minute
 ):
+    await sync_to_async(rpm)(2)
     comm = await ws(api_key)
     seen = await ws_seen()
     await comm.send_json_to({"type": "chat.completion.create", "request_id": "a", "body": CHAT})
@@ -199,7 +200,6 @@ async def test_websocket_success_error_rejection_and_cancel_each_leave_one_recor
     assert done["finish_reason"] == "cancelled"
     assert await ws_records(seen) == [("cancelled", "")]
 
-    await sync_to_async(one_rpm)()
     seen = await ws_seen()
     await comm.send_json_to({"type": "chat.completion.create", "request_id": "d", "body": CHAT})
     assert (await until(comm, "chat.completion.done"))["error"]["code"] == "rate_limit_exceeded"
@@ -209,6 +209,7 @@ async def test_websocket_success_error_rejection_and_cancel_each_leave_one_recor
 
 # -- batch items ------------------------------------------------------------------------
 def test_batch_items_leave_one_record_each(client, fresh_minute):
+    rpm()
     request_id = rid()
     items = [
         {"url": "/v1/chat/completions", "body": CHAT},
@@ -218,7 +219,6 @@ def test_batch_items_leave_one_record_each(client, fresh_minute):
     assert r.status_code == 200
     assert records(f"{request_id}-0") == [("ok", "")]
     assert records(f"{request_id}-1") == [("error", "invalid_value")]
-    one_rpm()
     refused = rid()
     r = client.post("/v1/batch", {"requests": items[:1]}, format="json", HTTP_X_REQUEST_ID=refused)
     assert r.json()["data"][0]["status_code"] == 429
