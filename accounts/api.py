@@ -30,7 +30,6 @@ from accounts.serializers import (
     MembershipSerializer,
     TenantSerializer,
 )
-from inference.selectors import model_queryset
 from llmsite.errors import InvalidRequest, RateLimited
 
 TENANT_PARAM = OpenApiParameter("slug", str, OpenApiParameter.PATH, description="Tenant slug")
@@ -199,9 +198,8 @@ class ApiKeyViewSet(TenantScopedViewSet):
     def _models(self, model_ids: list[str]):
         if not model_ids:
             return []
-        found = {
-            m.model_id: m for m in model_queryset(tenant=self.tenant).filter(model_id__in=model_ids)
-        }
+        usable = selectors.tenant_models(tenant=self.tenant)
+        found = {m.model_id: m for m in usable.filter(model_id__in=model_ids)}
         missing = [mid for mid in model_ids if mid not in found]
         if missing:
             raise InvalidRequest(

@@ -8,8 +8,7 @@ from django.template.defaultfilters import filesizeformat
 
 from accounts.admin import request_actor
 from inference.engine import ModelLoadError
-from inference.models import CAPABILITIES, AliasCandidate, LLMModel, RouterAlias
-from inference.operations import (
+from inference.model_admin import (
     alias_save,
     model_delete,
     model_file_size,
@@ -20,6 +19,7 @@ from inference.operations import (
     model_state,
     model_unload,
 )
+from inference.models import CAPABILITIES, AliasCandidate, LLMModel, RouterAlias
 from llmsite.errors import APIError
 
 # How long a load action waits for the model before answering "loading".

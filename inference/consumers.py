@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
 
 from channels.db import database_sync_to_async
@@ -39,11 +38,11 @@ from llmsite.errors import (
     internal_error,
     to_api_error,
 )
+from llmsite.middleware import REQUEST_ID as _REQUEST_ID
 
 SUBPROTOCOL = "llmsite.bearer"
 CLOSE_UNAUTHORIZED = 4401
 MAX_ACTIVE = 4
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from accounts.generations import GenerationCache, auth_generations
 from accounts.models import ApiKey, Tenant
-from accounts.services import GenerationCache, auth_generations
-from inference.live import Figures, live
 from inference.models import STRATEGIES, LLMModel, RouterAlias
 from inference.registry import registry
 from inference.selectors import model_queryset
+from inference.telemetry import Figures, live
 from llmsite.errors import InvalidRequest, ModelNotFound
 
 AUTO = "auto"

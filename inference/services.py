@@ -39,11 +39,11 @@ from inference.engine import (
     SamplingParams,
     TextDelta,
 )
-from inference.live import live
 from inference.models import LLMModel
 from inference.registry import MemoryBudgetExceeded, registry
 from inference.remote import RemoteBackend
 from inference.router import health, route_resolve
+from inference.telemetry import live
 from llmsite.errors import (
     APIError,
     BackendUnavailable,

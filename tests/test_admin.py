@@ -20,8 +20,8 @@ from accounts.services import (
     hash_key,
     member_add,
 )
+from inference.model_admin import model_file_path
 from inference.models import LLMModel, RouterAlias
-from inference.operations import model_file_path
 from inference.registry import registry
 
 pytestmark = pytest.mark.django_db

@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference.live import live
 from inference.registry import registry
+from inference.telemetry import live
 from llmsite.env import ConfigError, env_networks
 from tests.helpers import read_stream
 

@@ -7,9 +7,9 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from accounts.models import AuditLog, Role
 from accounts.services import member_add
-from inference.live import live
 from inference.models import BACKEND_OPENAI, LLMModel
 from inference.registry import registry
+from inference.telemetry import live
 
 pytestmark = pytest.mark.django_db
 
