@@ -79,7 +79,7 @@ class ApiKeyInline(admin.TabularInline):
     """The tenant's keys at a glance; never a secret or a hash."""
 
     model = ApiKey
-    fields = ["prefix", "name", "state", "scope_list", "expires_at", "last_used_at"]
+    fields = ("prefix", "name", "state", "scope_list", "expires_at", "last_used_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -207,7 +207,8 @@ class ApiKeyIssueForm(forms.ModelForm):
         return expires_at
 
     def clean(self):
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         tenant, models = cleaned.get("tenant"), cleaned.get("allowed_models")
         if tenant is not None and models:
             usable = set(tenant_models(tenant=tenant).values_list("pk", flat=True))

@@ -8,6 +8,7 @@ principal: the key's tenant, or for a JWT the tenant named by `X-Tenant`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from django.utils.functional import cached_property
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -18,12 +19,15 @@ from accounts.models import ApiKey, Membership, Scope, Tenant
 from accounts.services import KEY_PREFIX, Actor, api_key_authenticate, api_key_check
 from llmsite.errors import InvalidRequest, PermissionError_
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 
 @dataclass(frozen=True)
 class Principal:
     tenant: Tenant | None
     api_key: ApiKey | None = None
-    user: object | None = None
+    user: User | None = None
     role: str | None = None
     ip: str | None = field(default=None, compare=False)
     request_id: str = field(default="", compare=False)
@@ -125,7 +129,10 @@ class StaffJWTAuthentication(JWTAuthentication):
             return None
         user, token = result
         principal = Principal(
-            tenant=None, user=user, ip=client_ip(request), request_id=_request_id(request)
+            tenant=None,
+            user=cast("User", user),
+            ip=client_ip(request),
+            request_id=_request_id(request),
         )
         return principal, token
 

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
@@ -28,6 +29,9 @@ from accounts.models import (
 )
 from llmsite.errors import InvalidRequest, PermissionError_
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 KEY_PREFIX = "sk-llm-"
 _PREFIX_LEN = 12
 # last_used_at is a hint for operators, not an audit trail: write it at most
@@ -41,7 +45,7 @@ MAX_ROTATION_GRACE = timedelta(days=30)
 class Actor:
     """Who performs a management action, for the audit trail."""
 
-    user: object | None = None
+    user: User | None = None
     api_key: ApiKey | None = None
     ip: str | None = None
     request_id: str = ""
@@ -285,7 +289,10 @@ def _audit_expiry_once(key: ApiKey, ip: str | None) -> None:
             action="api_key.expired",
             tenant=key.tenant,
             target=key,
-            data={"expired_at": key.expires_at.isoformat(), "rotated": bool(key.replaced_by_id)},
+            data={
+                "expired_at": key.expires_at.isoformat() if key.expires_at else None,
+                "rotated": bool(key.replaced_by_id),
+            },
         )
 
 
@@ -369,13 +376,13 @@ def member_remove(
 @transaction.atomic
 def user_create_or_attach(
     *, username: str, tenant_slug: str, role: str, password: str | None, actor: Actor = SYSTEM
-) -> tuple[object, Membership, bool]:
+) -> tuple[User, Membership, bool]:
     """Create the user (validating the password) or attach an existing one to the tenant."""
     User = get_user_model()
     tenant = tenant_get_or_create(slug=tenant_slug)
     user = User.objects.filter(username=username).first()
     created = user is None
-    if created:
+    if user is None:
         if not password:
             raise InvalidRequest("A password is required for a new user.", param="password")
         user = User(username=username)

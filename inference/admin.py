@@ -76,7 +76,8 @@ class LLMModelForm(forms.ModelForm):
         return value
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("backend") == "openai":
             if not data.get("base_url"):
                 self.add_error("base_url", "A remote backend needs its base URL.")

@@ -164,7 +164,8 @@ class ModelStatusSerializer(serializers.Serializer):
     engine_in_flight = serializers.IntegerField(help_text="Jobs the local engine runs now")
     in_flight = serializers.IntegerField(help_text="Requests holding this backend (router)")
     requests = serializers.IntegerField(help_text="Requests the router sent it")
-    errors = serializers.IntegerField(help_text="Of which failed")
+    # The API's field name; it shadows Serializer.errors, never used on these.
+    errors = serializers.IntegerField(help_text="Of which failed")  # type: ignore[assignment]
     ttft_ms = serializers.FloatField(allow_null=True, help_text="Time to first token, EWMA")
     tokens_per_s = serializers.FloatField(allow_null=True, help_text="Decode speed, EWMA")
     memory_bytes = serializers.IntegerField(
@@ -180,7 +181,7 @@ class StatsSerializer(serializers.Serializer):
     started_at = serializers.FloatField(help_text="Unix time this process started")
     uptime_s = serializers.FloatField()
     requests = serializers.IntegerField(help_text="/v1 calls (one per usage record)")
-    errors = serializers.IntegerField(help_text="/v1 calls that failed")
+    errors = serializers.IntegerField(help_text="/v1 calls that failed")  # type: ignore[assignment]
     rejected = serializers.IntegerField(help_text="/v1 calls refused by a limit or quota")
     cancelled = serializers.IntegerField(help_text="/v1 calls the client left")
     http_requests = serializers.IntegerField(help_text="HTTP responses of any route")

@@ -234,8 +234,11 @@ class _LiveCollector(Collector):
     _FIXED = ("queue_depth", "in_flight")
 
     def collect(self) -> Iterator[Metric]:
-        loaded = {mid: registry.get_loaded(mid) for mid in registry.loaded_ids()}
-        loaded = {mid: engine for mid, engine in loaded.items() if engine is not None}
+        loaded = {
+            mid: engine
+            for mid in registry.loaded_ids()
+            if (engine := registry.get_loaded(mid)) is not None
+        }
 
         count = GaugeMetricFamily("llmsite_models_loaded", "Local models loaded in this process.")
         count.add_metric([], len(loaded))

@@ -39,6 +39,7 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from llmsite.env import (
     ConfigError,
@@ -134,7 +135,7 @@ TEMPLATES = [
 ]
 
 _database_url = env_str("DATABASE_URL").strip()
-DATABASES = {
+DATABASES: dict[str, dict[str, Any]] = {
     "default": database_from_url("DATABASE_URL", _database_url)
     if _database_url
     else {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "llmsite.sqlite3"}
