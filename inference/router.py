@@ -14,9 +14,9 @@ row is cooled down for LLMSITE_ROUTER_COOLDOWN seconds (moved behind the
 healthy ones); after that its next request is a probe: a success restores it,
 a failure cools it down again.
 
-Strategies decide on figures measured in this process (inference.live): time
-to first token and decode speed as moving averages, and real queue depth plus
-in-flight requests. Declared figures (quality, cost, weight) come from the rows.
+Strategies decide on figures measured in this process (inference.telemetry.live):
+time to first token and decode speed as moving averages, and real queue depth
+plus in-flight requests. Declared figures (quality, cost, weight) come from the rows.
 """
 
 from __future__ import annotations
