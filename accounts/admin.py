@@ -13,6 +13,7 @@ from django.http import HttpResponseRedirect
 from django.utils import timezone
 
 from accounts.models import DEFAULT_SCOPES, ApiKey, AuditLog, Membership, Scope, Tenant
+from accounts.selectors import tenant_models
 from accounts.services import (
     DEFAULT_ROTATION_GRACE,
     Actor,
@@ -24,7 +25,6 @@ from accounts.services import (
     member_remove,
     tenant_models_set,
 )
-from inference.selectors import model_queryset
 from llmsite.admin import ReadOnlyAdmin
 from llmsite.errors import APIError
 
@@ -79,7 +79,7 @@ class ApiKeyInline(admin.TabularInline):
     """The tenant's keys at a glance; never a secret or a hash."""
 
     model = ApiKey
-    fields = ["prefix", "name", "state", "scope_list", "expires_at", "last_used_at"]
+    fields = ("prefix", "name", "state", "scope_list", "expires_at", "last_used_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -207,10 +207,11 @@ class ApiKeyIssueForm(forms.ModelForm):
         return expires_at
 
     def clean(self):
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         tenant, models = cleaned.get("tenant"), cleaned.get("allowed_models")
         if tenant is not None and models:
-            usable = set(model_queryset(tenant=tenant).values_list("pk", flat=True))
+            usable = set(tenant_models(tenant=tenant).values_list("pk", flat=True))
             outside = [m.model_id for m in models if m.pk not in usable]
             if outside:
                 self.add_error(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Sequence
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db.models import Model
 from django_ratelimit.core import is_ratelimited
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
@@ -17,6 +21,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView
 
 from accounts import selectors, services
+from accounts.authentication import Principal
 from accounts.models import Scope
 from accounts.serializers import (
     ApiKeyCreateSerializer,
@@ -30,7 +35,7 @@ from accounts.serializers import (
     MembershipSerializer,
     TenantSerializer,
 )
-from inference.selectors import model_queryset
+from accounts.services import Actor
 from llmsite.errors import InvalidRequest, RateLimited
 
 TENANT_PARAM = OpenApiParameter("slug", str, OpenApiParameter.PATH, description="Tenant slug")
@@ -113,8 +118,9 @@ class TenantScopedViewSet(viewsets.GenericViewSet):
         return self.access.tenant
 
     @property
-    def actor(self):
-        return self.request.user.actor
+    def actor(self) -> Actor:
+        principal: Principal = self.request.user  # type: ignore[assignment]  # our auth classes
+        return principal.actor
 
 
 @extend_schema(tags=["API keys"], parameters=[TENANT_PARAM])
@@ -196,12 +202,11 @@ class ApiKeyViewSet(TenantScopedViewSet):
         body = ApiKeyWithSecretSerializer(new_key, context={"raw_key": raw}).data
         return Response(body, status=status.HTTP_201_CREATED)
 
-    def _models(self, model_ids: list[str]):
+    def _models(self, model_ids: Sequence[str]) -> builtins.list[Model]:
         if not model_ids:
             return []
-        found = {
-            m.model_id: m for m in model_queryset(tenant=self.tenant).filter(model_id__in=model_ids)
-        }
+        usable = selectors.tenant_models(tenant=self.tenant)
+        found = {m.model_id: m for m in usable.filter(model_id__in=model_ids)}
         missing = [mid for mid in model_ids if mid not in found]
         if missing:
             raise InvalidRequest(

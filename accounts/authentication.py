@@ -8,22 +8,26 @@ principal: the key's tenant, or for a JWT the tenant named by `X-Tenant`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from django.utils.functional import cached_property
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
-from accounts.models import ApiKey, Membership, Role, Scope, Tenant
+from accounts.models import ApiKey, Membership, Scope, Tenant
 from accounts.services import KEY_PREFIX, Actor, api_key_authenticate, api_key_check
 from llmsite.errors import InvalidRequest, PermissionError_
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 @dataclass(frozen=True)
 class Principal:
     tenant: Tenant | None
     api_key: ApiKey | None = None
-    user: object | None = None
+    user: User | None = None
     role: str | None = None
     ip: str | None = field(default=None, compare=False)
     request_id: str = field(default="", compare=False)
@@ -125,7 +129,10 @@ class StaffJWTAuthentication(JWTAuthentication):
             return None
         user, token = result
         principal = Principal(
-            tenant=None, user=user, ip=client_ip(request), request_id=_request_id(request)
+            tenant=None,
+            user=cast("User", user),
+            ip=client_ip(request),
+            request_id=_request_id(request),
         )
         return principal, token
 
@@ -187,23 +194,38 @@ def _redact(token: str) -> str:
     return f"{token[:7]}***{token[-4:]}"
 
 
+def principal_check_inference(
+    principal: Principal,
+    *,
+    tenant_param: str = "X-Tenant",
+    tenant_hint: str = "the X-Tenant header",
+) -> None:
+    """Raise the APIError that keeps `principal` from inference, if any: it needs a
+    resolved tenant and, for a key, the `inference` scope.
+
+    One rule for every client API: REST (CanInfer) and the WebSocket consumer,
+    which names where its tenant goes with `tenant_param` and `tenant_hint`.
+    """
+    if principal.tenant is None:
+        if principal.tenant_ambiguous:
+            raise InvalidRequest(
+                f"You belong to several tenants: name one in {tenant_hint}.",
+                param=tenant_param,
+                code="tenant_required",
+            )
+        raise PermissionError_("You are not a member of any tenant.")
+    if not principal.has_scope(Scope.INFERENCE):
+        raise PermissionError_("This API key lacks the `inference` scope.")
+
+
 class CanInfer(permissions.BasePermission):
-    """For /v1: a resolved tenant, and for keys the `inference` scope."""
+    """For /v1: principal_check_inference, after authentication."""
 
     def has_permission(self, request, view) -> bool:
         principal = request.user
         if not getattr(principal, "is_authenticated", False):
             return False
-        if principal.tenant is None:
-            if principal.tenant_ambiguous:
-                raise InvalidRequest(
-                    "You belong to several tenants: name one in the X-Tenant header.",
-                    param="X-Tenant",
-                    code="tenant_required",
-                )
-            raise PermissionError_("You are not a member of any tenant.")
-        if not principal.has_scope(Scope.INFERENCE):
-            raise PermissionError_("This API key lacks the `inference` scope.")
+        principal_check_inference(principal)
         return True
 
 
@@ -215,9 +237,6 @@ class IsStaff(permissions.BasePermission):
     def has_permission(self, request, view) -> bool:
         user = getattr(request.user, "user", None)
         return bool(user is not None and user.is_active and user.is_staff)
-
-
-MANAGER_ROLES = {Role.OWNER, Role.ADMIN}
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import QuerySet
+from django.utils.module_loading import import_string
 
-from accounts.models import ApiKey, AuditLog, Membership, Role, Scope, Tenant
+from accounts.models import ApiKey, AuditLog, Membership, Role, Tenant
 from llmsite.errors import NotFound, PermissionError_
 
 
@@ -96,4 +98,9 @@ def audit_list(*, tenant: Tenant) -> QuerySet[AuditLog]:
     return AuditLog.objects.filter(tenant=tenant)
 
 
-KEY_SCOPE = Scope.KEYS_MANAGE
+def tenant_models(*, tenant: Tenant) -> QuerySet:
+    """The enabled models `tenant` may use: what a key's allow-list may name.
+
+    inference decides which models those are (LLMSITE_TENANT_MODELS names its query).
+    """
+    return import_string(settings.LLMSITE_TENANT_MODELS)(tenant=tenant)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
-from django.db import IntegrityError, connection, transaction
-from django.db.models import F, OuterRef, Subquery
+from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from accounts.generations import GenerationCache
 from accounts.models import (
     DEFAULT_SCOPES,
     ApiKey,
@@ -28,6 +28,9 @@ from accounts.models import (
     Tenant,
 )
 from llmsite.errors import InvalidRequest, PermissionError_
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 KEY_PREFIX = "sk-llm-"
 _PREFIX_LEN = 12
@@ -42,7 +45,7 @@ MAX_ROTATION_GRACE = timedelta(days=30)
 class Actor:
     """Who performs a management action, for the audit trail."""
 
-    user: object | None = None
+    user: User | None = None
     api_key: ApiKey | None = None
     ip: str | None = None
     request_id: str = ""
@@ -255,47 +258,6 @@ def api_key_check(
 # Writes that skip signals (queryset.update(), raw SQL) are seen once an entry
 # is LLMSITE_KEY_CACHE_SECONDS old. Cached instances are shared between requests:
 # read them, never change them (last_used_at excepted, a hint).
-_CACHE_MAX = 10_000
-
-
-class GenerationCache:
-    """Per-process entries that hold while their tenant's AuthGeneration values
-    are the ones read when the entry was loaded, for LLMSITE_KEY_CACHE_SECONDS
-    at most (the key cache here, the route cache in inference/router.py)."""
-
-    def __init__(self) -> None:
-        # key -> (value, tenant id, generations, time.monotonic() when loaded)
-        self._entries: dict = {}
-
-    def get(self, key, current: tuple[int, int] | None = None):
-        """(value, generations) on a hit; (None, generations read or None) on a miss.
-
-        `current`: the tenant's values this request has already read.
-        """
-        entry = self._entries.get(key)
-        if entry is None:
-            return None, current
-        value, tenant_id, generations, loaded = entry
-        if time.monotonic() - loaded > settings.LLMSITE_KEY_CACHE_SECONDS:
-            self._entries.pop(key, None)
-            return None, current
-        current = current or auth_generations(tenant_id)
-        if current != generations:
-            self._entries.pop(key, None)
-            return None, current
-        return value, current
-
-    def put(self, key, value, tenant_id: int, generations: tuple[int, int]) -> None:
-        if settings.LLMSITE_KEY_CACHE_SECONDS <= 0:
-            return
-        if len(self._entries) >= _CACHE_MAX:
-            self._entries.clear()  # rare: a full reload beats bookkeeping on every hit
-        self._entries[key] = (value, tenant_id, generations, time.monotonic())
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
 _key_cache = GenerationCache()
 
 
@@ -318,37 +280,6 @@ def _key_load(prefix: str) -> tuple[ApiKey | None, tuple[int, int] | None]:
     return key, generations
 
 
-def auth_generations(tenant_id: int) -> tuple[int, int]:
-    """(this tenant's, the global) AuthGeneration values: what per-process caches check."""
-    # Raw SQL: this runs on every authenticated request, and the ORM's query
-    # compilation would cost more than the read itself.
-    table = connection.ops.quote_name(AuthGeneration._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT scope, value FROM {table} WHERE scope IN (%s, %s)",  # noqa: S608
-            [tenant_id, AuthGeneration.GLOBAL],
-        )
-        values = dict(cursor.fetchall())
-    return (values.get(tenant_id, 0), values.get(AuthGeneration.GLOBAL, 0))
-
-
-def auth_generation_bump(*, tenant_id: int | None) -> None:
-    """Make every process reload the keys of one tenant (None: of every tenant).
-
-    Call it inside the transaction that makes the change: the bump commits (or
-    rolls back) with it, so no process can cache the old rows under the new value.
-    """
-    scope = AuthGeneration.GLOBAL if tenant_id is None else tenant_id
-    rows = AuthGeneration.objects.filter(scope=scope)
-    if rows.update(value=F("value") + 1):
-        return
-    try:
-        with transaction.atomic():
-            AuthGeneration.objects.create(scope=scope, value=1)
-    except IntegrityError:  # created by a concurrent bump
-        rows.update(value=F("value") + 1)
-
-
 def _audit_expiry_once(key: ApiKey, ip: str | None) -> None:
     # The flag flips in the same UPDATE that decides who writes the row, so
     # concurrent requests with the same expired key write it exactly once.
@@ -358,7 +289,10 @@ def _audit_expiry_once(key: ApiKey, ip: str | None) -> None:
             action="api_key.expired",
             tenant=key.tenant,
             target=key,
-            data={"expired_at": key.expires_at.isoformat(), "rotated": bool(key.replaced_by_id)},
+            data={
+                "expired_at": key.expires_at.isoformat() if key.expires_at else None,
+                "rotated": bool(key.replaced_by_id),
+            },
         )
 
 
@@ -442,13 +376,13 @@ def member_remove(
 @transaction.atomic
 def user_create_or_attach(
     *, username: str, tenant_slug: str, role: str, password: str | None, actor: Actor = SYSTEM
-) -> tuple[object, Membership, bool]:
+) -> tuple[User, Membership, bool]:
     """Create the user (validating the password) or attach an existing one to the tenant."""
     User = get_user_model()
     tenant = tenant_get_or_create(slug=tenant_slug)
     user = User.objects.filter(username=username).first()
     created = user is None
-    if created:
+    if user is None:
         if not password:
             raise InvalidRequest("A password is required for a new user.", param="password")
         user = User(username=username)

@@ -3,18 +3,11 @@ from rest_framework.routers import SimpleRouter
 from rest_framework_simplejwt.views import TokenRefreshView, TokenVerifyView
 
 from accounts import api
-from billing import api as billing_api
 
 router = SimpleRouter(trailing_slash=True)
 router.register(r"tenants/(?P<slug>[-\w]+)/keys", api.ApiKeyViewSet, basename="tenant-keys")
 router.register(r"tenants/(?P<slug>[-\w]+)/members", api.MemberViewSet, basename="tenant-members")
 router.register(r"tenants/(?P<slug>[-\w]+)/audit", api.AuditViewSet, basename="tenant-audit")
-router.register(
-    r"tenants/(?P<slug>[-\w]+)/usage", billing_api.UsageViewSet, basename="tenant-usage"
-)
-router.register(
-    r"tenants/(?P<slug>[-\w]+)/statements", billing_api.StatementViewSet, basename="statements"
-)
 
 urlpatterns = [
     path("auth/token/", api.LoginView.as_view(), name="token"),
@@ -22,10 +15,5 @@ urlpatterns = [
     path("auth/token/verify/", TokenVerifyView.as_view(), name="token-verify"),
     path("auth/logout/", api.LogoutView.as_view(), name="logout"),
     path("tenants/", api.TenantListView.as_view(), name="tenants"),
-    path(
-        "tenants/<slug:slug>/usage",
-        billing_api.UsageNoSlashViewSet.as_view({"get": "list"}),
-        name="tenant-usage-noslash",
-    ),
     *router.urls,
 ]

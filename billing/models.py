@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -8,7 +9,7 @@ from django.db import models
 
 from accounts.models import ApiKey, Tenant
 
-MONEY = {"max_digits": 18, "decimal_places": 8}
+MONEY: dict[str, Any] = {"max_digits": 18, "decimal_places": 8}
 
 
 class Limits(models.Model):

@@ -441,18 +441,18 @@ class DatabaseBackend:
                 ).delete()
 
 
-_backend = None
+# (url, pid, backend): a forked worker needs its own Redis connections.
+_backend: tuple[str, int, RedisBackend | DatabaseBackend] | None = None
 
 
-def backend():
+def backend() -> RedisBackend | DatabaseBackend:
     global _backend
     choice = settings.LLMSITE_QUOTA_BACKEND
     url = settings.REDIS_URL if choice != "db" else ""
-    if _backend is None or _backend.url != url or os.getpid() != _backend.pid:
-        _backend = RedisBackend(url) if url else DatabaseBackend()
-        _backend.url = url
-        _backend.pid = os.getpid()  # a forked worker needs its own Redis connections
-    return _backend
+    pid = os.getpid()
+    if _backend is None or _backend[:2] != (url, pid):
+        _backend = (url, pid, RedisBackend(url) if url else DatabaseBackend())
+    return _backend[2]
 
 
 def quota_in_database() -> bool:

@@ -74,11 +74,14 @@ def _record_with_rollup_sql() -> tuple[str, tuple]:
     roll-up's first insert safe against a concurrent one)."""
     qn = connection.ops.quote_name
     fields = tuple(f for f in UsageRecord._meta.concrete_fields if not f.primary_key)
+    # Concrete fields always have a column; the stubs allow None for any field.
+    columns = [str(f.column) for f in fields]
+    pk_column = str(UsageRecord._meta.pk.column)
     sql = _RECORD_WITH_ROLLUP.format(  # identifiers from the models' metadata only
         records=qn(UsageRecord._meta.db_table),
-        columns=", ".join(qn(f.column) for f in fields),
+        columns=", ".join(qn(c) for c in columns),
         values=", ".join(["%s"] * len(fields)),
-        pk=qn(UsageRecord._meta.pk.column),
+        pk=qn(pk_column),
         rollups=qn(DailyUsage._meta.db_table),
         key=", ".join(qn(c) for c in _ROLLUP_KEY),
         sums=", ".join(qn(c) for c in _ROLLUP_SUMS),
@@ -161,6 +164,7 @@ def limits_set(*, tenant: Tenant, api_key: ApiKey | None = None, **limits) -> Li
     Keyword values: an int/Decimal sets a limit, None leaves it as it is, and
     UNLIMITED clears it.
     """
+    row: KeyLimits | TenantBilling
     if api_key is not None:
         if api_key.tenant_id != tenant.pk:
             raise ValueError("the key belongs to another tenant")

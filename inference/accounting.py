@@ -24,7 +24,7 @@ from billing.quota import (
     quota_settle,
 )
 from billing.services import budget_check, usage_record
-from inference import metrics
+from inference import telemetry as metrics
 from llmsite.errors import to_api_error
 
 

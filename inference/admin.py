@@ -8,8 +8,7 @@ from django.template.defaultfilters import filesizeformat
 
 from accounts.admin import request_actor
 from inference.engine import ModelLoadError
-from inference.models import CAPABILITIES, AliasCandidate, LLMModel, RouterAlias
-from inference.operations import (
+from inference.model_admin import (
     alias_save,
     model_delete,
     model_file_size,
@@ -20,6 +19,7 @@ from inference.operations import (
     model_state,
     model_unload,
 )
+from inference.models import CAPABILITIES, AliasCandidate, LLMModel, RouterAlias
 from llmsite.errors import APIError
 
 # How long a load action waits for the model before answering "loading".
@@ -76,7 +76,8 @@ class LLMModelForm(forms.ModelForm):
         return value
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("backend") == "openai":
             if not data.get("base_url"):
                 self.add_error("base_url", "A remote backend needs its base URL.")

@@ -1,4 +1,7 @@
 from django.apps import AppConfig
+from django.conf import settings
+
+from llmsite.env import ConfigError
 
 
 class InferenceConfig(AppConfig):
@@ -7,3 +10,9 @@ class InferenceConfig(AppConfig):
 
     def ready(self) -> None:
         from inference import signals  # noqa: F401 - connects the receivers
+        from inference.models import STRATEGIES
+
+        # Here rather than in settings.py: the list has one owner, and settings import no app.
+        strategy = settings.LLMSITE_ROUTER_STRATEGY
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"LLMSITE_ROUTER_STRATEGY: unknown strategy {strategy!r}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 
 from channels.db import database_sync_to_async
@@ -32,13 +31,13 @@ from accounts.authentication import principal_from_token
 from inference import services
 from inference.services import Accounted, StreamError
 from llmsite.errors import APIError, InvalidRequest, PermissionError_, RateLimited, internal_error
+from llmsite.middleware import REQUEST_ID as _REQUEST_ID
 
 logger = logging.getLogger("llmsite.inference")
 
 SUBPROTOCOL = "llmsite.bearer"
 CLOSE_UNAUTHORIZED = 4401
 MAX_ACTIVE = 4
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):

@@ -1,7 +1,8 @@
-"""Operator endpoints: Prometheus `/metrics`, and staff-only stats and model loading.
+"""Operator endpoints: the readiness probe, Prometheus `/metrics`, and staff-only
+stats and model loading.
 
 Not tenant-scoped: they speak for this process and the platform's models.
-Models are loaded per process (see inference.operations), so under several
+Models are loaded per process (see inference.model_admin), so under several
 daphne processes each call acts on the process that handles it.
 
 The views are synchronous on purpose: under ASGI each request's sync code runs
@@ -13,8 +14,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpResponse
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers
@@ -23,14 +26,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import IsStaff, StaffJWTAuthentication, client_ip
-from inference import metrics
+from inference import telemetry
+from inference.model_admin import ModelState, model_load, model_reload, model_unload
 from inference.models import LLMModel
-from inference.operations import ModelState, model_load, model_reload, model_unload
+from inference.registry import registry
+from llmsite import prometheus
 from llmsite.errors import (
     AuthenticationError,
     ModelNotFound,
     PermissionError_,
     ServiceUnavailable,
+    error_response,
 )
 
 TAGS = ["Operators"]
@@ -46,6 +52,32 @@ STAFF_ERRORS = {
 MODEL_ID = OpenApiParameter(
     "model_id", str, OpenApiParameter.PATH, description="The model's id (`model_id`)"
 )
+
+
+# -- /ready ------------------------------------------------------------------------
+def _database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+async def ready(request):
+    """200 once the database answers and the default model is loaded here, else 503."""
+    db_ok = await sync_to_async(_database_ok)()
+    model_ok = registry.get_loaded(settings.LLMSITE_DEFAULT_MODEL) is not None
+    if db_ok and model_ok:
+        return JsonResponse({"status": "ready", "database": "ok", "models": registry.loaded_ids()})
+    reasons = []
+    if not db_ok:
+        reasons.append("the database does not answer")
+    if not model_ok:
+        reasons.append(f"the default model `{settings.LLMSITE_DEFAULT_MODEL}` is not loaded")
+    return error_response(
+        ServiceUnavailable(f"Not ready: {'; '.join(reasons)}.", headers={"Retry-After": "5"})
+    )
 
 
 # -- /metrics ---------------------------------------------------------------------
@@ -117,7 +149,7 @@ class MetricsView(APIView):
         ),
     )
     def get(self, request):
-        body, content_type = metrics.render()
+        body, content_type = prometheus.render()
         return HttpResponse(body, content_type=content_type)
 
 
@@ -132,7 +164,8 @@ class ModelStatusSerializer(serializers.Serializer):
     engine_in_flight = serializers.IntegerField(help_text="Jobs the local engine runs now")
     in_flight = serializers.IntegerField(help_text="Requests holding this backend (router)")
     requests = serializers.IntegerField(help_text="Requests the router sent it")
-    errors = serializers.IntegerField(help_text="Of which failed")
+    # The API's field name; it shadows Serializer.errors, never used on these.
+    errors = serializers.IntegerField(help_text="Of which failed")  # type: ignore[assignment]
     ttft_ms = serializers.FloatField(allow_null=True, help_text="Time to first token, EWMA")
     tokens_per_s = serializers.FloatField(allow_null=True, help_text="Decode speed, EWMA")
     memory_bytes = serializers.IntegerField(
@@ -148,7 +181,7 @@ class StatsSerializer(serializers.Serializer):
     started_at = serializers.FloatField(help_text="Unix time this process started")
     uptime_s = serializers.FloatField()
     requests = serializers.IntegerField(help_text="/v1 calls (one per usage record)")
-    errors = serializers.IntegerField(help_text="/v1 calls that failed")
+    errors = serializers.IntegerField(help_text="/v1 calls that failed")  # type: ignore[assignment]
     rejected = serializers.IntegerField(help_text="/v1 calls refused by a limit or quota")
     cancelled = serializers.IntegerField(help_text="/v1 calls the client left")
     http_requests = serializers.IntegerField(help_text="HTTP responses of any route")
@@ -185,7 +218,7 @@ def _state_response(model: LLMModel, state: ModelState) -> Response:
         raise ServiceUnavailable(
             f"`{model.model_id}` failed to load: {state.error}", code="model_load_failed"
         )
-    body = metrics.model_status(model=model)
+    body = telemetry.model_status(model=model)
     return Response(body, status=200 if body["loaded"] else 202)
 
 
@@ -197,7 +230,7 @@ class StatsView(StaffView):
         description="Uptime, request totals and every enabled model, in this process.",
     )
     def get(self, request):
-        return Response(metrics.operator_stats())
+        return Response(telemetry.operator_stats())
 
 
 LOAD_RESPONSES = {
@@ -262,4 +295,4 @@ class ModelUnloadView(StaffView):
     def post(self, request, model_id: str):
         model = _model(model_id)
         model_unload(model=model, actor=request.user.actor)
-        return Response(metrics.model_status(model=model))
+        return Response(telemetry.model_status(model=model))

@@ -14,9 +14,9 @@ row is cooled down for LLMSITE_ROUTER_COOLDOWN seconds (moved behind the
 healthy ones); after that its next request is a probe: a success restores it,
 a failure cools it down again.
 
-Strategies decide on figures measured in this process (inference.live): time
-to first token and decode speed as moving averages, and real queue depth plus
-in-flight requests. Declared figures (quality, cost, weight) come from the rows.
+Strategies decide on figures measured in this process (inference.telemetry.live):
+time to first token and decode speed as moving averages, and real queue depth
+plus in-flight requests. Declared figures (quality, cost, weight) come from the rows.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from accounts.generations import GenerationCache, auth_generations
 from accounts.models import ApiKey, Tenant
-from accounts.services import GenerationCache, auth_generations
-from inference.live import Figures, live
 from inference.models import STRATEGIES, LLMModel, RouterAlias
 from inference.registry import registry
 from inference.selectors import model_queryset
+from inference.telemetry import Figures, live
 from llmsite.errors import InvalidRequest, ModelNotFound
 
 AUTO = "auto"

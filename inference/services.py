@@ -45,7 +45,6 @@ from inference.backends import (
 )
 from inference.backends.local import _tokenize_chat, chat_prompt  # noqa: F401 - re-exported
 from inference.engine import EngineError, ModelLoadError
-from inference.live import live
 from inference.models import LLMModel
 from inference.router import health, route_resolve
 from inference.serializers import (
@@ -53,6 +52,7 @@ from inference.serializers import (
     CompletionRequestSerializer,
     EmbeddingRequestSerializer,
 )
+from inference.telemetry import live
 from llmsite.errors import (
     APIError,
     BackendUnavailable,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
+from accounts.generations import auth_generation_bump
 from accounts.models import ApiKey, Tenant
-from accounts.services import auth_generation_bump
 from billing.models import ModelPrice
 from inference.models import AliasCandidate, LLMModel, RouterAlias
 

@@ -11,8 +11,8 @@ django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from inference.routing import websocket_urlpatterns  # noqa: E402
 from inference.startup import preload_default_model  # noqa: E402
+from inference.ws_urls import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

@@ -16,7 +16,8 @@ from rest_framework.views import APIView
 class AsyncAPIView(APIView):
     view_is_async = True
 
-    async def dispatch(self, request, *args, **kwargs):
+    # DRF types dispatch as sync; Django calls an async view's dispatch and awaits it.
+    async def dispatch(self, request, *args, **kwargs):  # type: ignore[override]
         self.args = args
         self.kwargs = kwargs
         request = self.initialize_request(request, *args, **kwargs)

@@ -165,11 +165,15 @@ def to_api_error(exc: Exception) -> APIError | None:
         )
     if isinstance(exc, drf_exceptions.AuthenticationFailed | drf_exceptions.NotAuthenticated):
         detail = exc.detail
-        if isinstance(detail, dict):  # simplejwt's token errors
-            detail = detail.get("detail", "Invalid or expired token.")
+        # simplejwt's token errors come as a dict.
+        message = (
+            str(detail.get("detail", "Invalid or expired token."))
+            if isinstance(detail, dict)
+            else str(detail)
+        )
         if "no_active_account" in str(exc.get_codes()):
-            return AuthenticationError(str(detail), code="invalid_credentials")
-        return AuthenticationError(str(detail))
+            return AuthenticationError(message, code="invalid_credentials")
+        return AuthenticationError(message)
     if isinstance(exc, drf_exceptions.PermissionDenied | PermissionDenied):
         return PermissionError_(str(getattr(exc, "detail", "")) or "Permission denied.")
     if isinstance(exc, drf_exceptions.NotFound | Http404):
@@ -190,12 +194,12 @@ def to_api_error(exc: Exception) -> APIError | None:
         err.status = 406
         return err
     if isinstance(exc, drf_exceptions.Throttled):
-        wait = int(exc.wait or 1)
+        wait = int(getattr(exc, "wait", None) or 1)
         return RateLimited(str(exc.detail), headers={"Retry-After": str(wait)})
     if isinstance(exc, drf_exceptions.APIException):
-        err = APIError(str(exc.detail))
-        err.status = exc.status_code
-        return err
+        error = APIError(str(exc.detail))
+        error.status = exc.status_code
+        return error
     return None
 
 

@@ -10,15 +10,17 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 
-from inference import metrics
+from llmsite import prometheus
 from llmsite.errors import RequestTooLarge, error_response
 
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# What a client-chosen request id may be (X-Request-Id here; the WebSocket
+# consumer's request_id too): safe to echo in headers and logs.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def _request_id(request) -> str:
     supplied = request.headers.get("X-Request-Id", "")
-    if _CLIENT_ID.match(supplied):
+    if REQUEST_ID.match(supplied):
         return supplied
     return f"req_{uuid.uuid4().hex}"
 
@@ -52,7 +54,7 @@ def _finish(request, response, started: float):
     response["x-request-id"] = request.request_id
     response["openai-processing-ms"] = str(int(elapsed * 1000))
     match = getattr(request, "resolver_match", None)
-    metrics.http_observe(
+    prometheus.http_observe(
         # The URL pattern, not the path: one label per route, whatever the ids in it.
         route=match.route if match is not None else "",
         status=response.status_code,

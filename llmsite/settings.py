@@ -42,6 +42,7 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from llmsite.env import (
     ConfigError,
@@ -137,7 +138,7 @@ TEMPLATES = [
 ]
 
 _database_url = env_str("DATABASE_URL").strip()
-DATABASES = {
+DATABASES: dict[str, dict[str, Any]] = {
     "default": database_from_url("DATABASE_URL", _database_url)
     if _database_url
     else {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "llmsite.sqlite3"}
@@ -276,17 +277,8 @@ LLMSITE_KEY_CACHE_SECONDS = env_int("LLMSITE_KEY_CACHE_SECONDS", 60, minimum=0)
 LLMSITE_USAGE_RETENTION_DAYS = env_int("LLMSITE_USAGE_RETENTION_DAYS", 0, minimum=0) or None
 MODELS_DIR = DATA_DIR / "models"
 
+# Checked against inference.models.STRATEGIES when the inference app is ready.
 LLMSITE_ROUTER_STRATEGY = env_str("LLMSITE_ROUTER_STRATEGY", "balanced")
-if LLMSITE_ROUTER_STRATEGY not in {
-    "balanced",
-    "speed-priority",
-    "quality-first",
-    "cost-optimized",
-    "round-robin",
-    "least-loaded",
-    "random",
-}:
-    raise ConfigError(f"LLMSITE_ROUTER_STRATEGY: unknown strategy {LLMSITE_ROUTER_STRATEGY!r}")
 LLMSITE_ROUTER_FAILURES = env_int("LLMSITE_ROUTER_FAILURES", 3, minimum=1)
 LLMSITE_ROUTER_COOLDOWN = env_int("LLMSITE_ROUTER_COOLDOWN", 30, minimum=0)
 LLMSITE_ROUTER_TIMEOUT = env_int("LLMSITE_ROUTER_TIMEOUT", 60, minimum=1)
@@ -294,6 +286,10 @@ LLMSITE_REMOTE_TIMEOUT = env_int("LLMSITE_REMOTE_TIMEOUT", 120, minimum=1)
 LLMSITE_REMOTE_CONNECT_TIMEOUT = env_int("LLMSITE_REMOTE_CONNECT_TIMEOUT", 5, minimum=1)
 LLMSITE_MEMORY_BUDGET_MB = env_int("LLMSITE_MEMORY_BUDGET_MB", 0, minimum=0)
 LLMSITE_BATCH_MAX = env_int("LLMSITE_BATCH_MAX", 32, minimum=1)
+# Wiring, not configuration: a key's model allow-list may name only models its
+# tenant may use. inference owns that query; accounts calls it by this path, so
+# it never imports inference.
+LLMSITE_TENANT_MODELS = "inference.selectors.model_queryset"
 
 LOGGING = {
     "version": 1,

@@ -109,3 +109,21 @@ def quota_backends():
     from django.conf import settings as django_settings
 
     return ["db", "redis"] if django_settings.REDIS_URL else ["db"]
+
+
+@pytest.fixture
+def staff(db):
+    """A superuser (the admin's tests); modules with other staff define their own."""
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+
+
+@pytest.fixture
+def admin_client(staff):
+    """A browser session signed in as `staff` (overrides pytest-django's)."""
+    from django.test import Client
+
+    c = Client()
+    c.force_login(staff)
+    return c

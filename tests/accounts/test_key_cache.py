@@ -136,10 +136,10 @@ def test_writes_around_the_signals_are_seen_once_the_entry_is_old(issued, settin
 
     ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
     assert client.get("/v1/models").status_code == 200  # not seen yet: no signal fired
-    import accounts.services as services
+    import accounts.generations as generations
 
-    later = services.time.monotonic() + settings.LLMSITE_KEY_CACHE_SECONDS + 1
-    monkeypatch.setattr(services.time, "monotonic", lambda: later)
+    later = generations.time.monotonic() + settings.LLMSITE_KEY_CACHE_SECONDS + 1
+    monkeypatch.setattr(generations.time, "monotonic", lambda: later)
     assert client.get("/v1/models").status_code == 401
 
 

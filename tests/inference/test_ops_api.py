@@ -2,14 +2,15 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import Client
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from accounts.models import AuditLog, Role
 from accounts.services import member_add
-from inference.live import live
 from inference.models import BACKEND_OPENAI, LLMModel
 from inference.registry import registry
+from inference.telemetry import live
 
 pytestmark = pytest.mark.django_db
 
@@ -236,3 +237,13 @@ def test_a_remote_model_is_listed_but_not_loaded_here(ops):
     assert far["memory_bytes"] is None and far["queue_depth"] == 0
     assert far["in_flight"] == 2 and far["ttft_ms"] == 80.0
     assert_error(ops.post("/api/admin/models/far/load"), 400, "model_remote")
+
+
+def test_ready_once_the_default_model_is_loaded(gemma):
+    registry.unload("gemma-3-270m")
+    r = Client().get("/ready")
+    assert r.status_code == 503
+    assert "gemma-3-270m" in r.json()["error"]["message"]
+    registry.engine_for(gemma).wait_ready(60)
+    r = Client().get("/ready")
+    assert r.status_code == 200 and r.json()["status"] == "ready"

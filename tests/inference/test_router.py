@@ -17,15 +17,16 @@ from django.core.management import call_command
 from django.db import connections
 from rest_framework.test import APIClient
 
-from accounts.services import auth_generations, tenant_models_set
+from accounts.generations import auth_generations
+from accounts.services import tenant_models_set
 from billing.models import UsageRecord
 from billing.services import price_set
 from inference import router
 from inference.engine import SamplingParams
-from inference.live import live
+from inference.model_admin import model_reload, model_unload
 from inference.models import LLMModel
-from inference.operations import model_reload, model_unload
 from inference.registry import registry
+from inference.telemetry import live
 from tests.helpers import sse_events
 from tests.live import free_port
 

@@ -1,8 +1,8 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from inference.model_admin import alias_save
 from inference.models import STRATEGIES, LLMModel, RouterAlias, model_id_validator
-from inference.operations import alias_save
 
 
 class Command(BaseCommand):

@@ -6,8 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 from inference.chat_formats import CHAT_FORMATS
 from inference.engine import ModelLoadError, check_gguf
 from inference.management.routing_args import add_routing_arguments, routing_values
+from inference.model_admin import model_save
 from inference.models import LLMModel, model_id_validator
-from inference.operations import model_save
 
 
 class Command(BaseCommand):

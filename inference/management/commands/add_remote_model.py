@@ -5,8 +5,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.core.validators import URLValidator
 
 from inference.management.routing_args import add_routing_arguments, routing_values
+from inference.model_admin import model_save
 from inference.models import LLMModel, model_id_validator
-from inference.operations import model_save
 
 
 class Command(BaseCommand):

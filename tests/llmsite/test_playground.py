@@ -11,7 +11,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests import live
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "playground.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",

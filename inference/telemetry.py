@@ -1,15 +1,16 @@
-"""What this process measures: Prometheus metrics, and the operators' stats snapshot.
+"""What this process measures about inference: live figures, Prometheus metrics
+and the operators' stats snapshot.
 
-Counters and histograms are fed by two hooks: the request middleware (every
-HTTP response: route, status, answering model) and the accounting of /v1 calls
-(one observation per usage record: tokens, latency, TTFT, status, quota
-refusals). Gauges (queue depth, in-flight, loaded models, measured TTFT and
-decode speed, engine stats) are read at scrape time from the registry and
-`inference.live`, so they cost nothing between scrapes.
+Live figures (`live`) are exponential moving averages of what requests actually
+saw in this process (time to first token, decode speed) plus in-flight counts;
+the router reads them on the event loop, so they do no I/O.
 
-Everything lives in one CollectorRegistry of this process. Under several daphne
-processes each one is scraped on its own (or put behind one scrape target per
-process); their counters are summed in Prometheus, not here.
+Prometheus metrics are registered on llmsite.prometheus.REGISTRY, beside the
+HTTP-level ones the middleware feeds. Counters and histograms are fed by the
+accounting of /v1 calls (one observation per usage record: tokens, latency,
+TTFT, status, quota refusals). Gauges (queue depth, in-flight, loaded models,
+measured TTFT and decode speed, engine stats) are read at scrape time from the
+registry and `live`, so they cost nothing between scrapes.
 
 Model labels only ever name real models (a resolved row, or the router's
 `x-llmsite-model` header), never what a client typed, so label cardinality
@@ -21,50 +22,121 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from inference.live import live
+from inference.model_admin import ModelState, model_file_size, model_state
 from inference.models import LLMModel
-from inference.operations import ModelState, model_file_size, model_state
 from inference.registry import registry
+from llmsite.prometheus import (
+    LATENCY_BUCKETS,
+    REGISTRY,
+    STARTED_AT,
+    counter_total,
+    http_totals,
+    uptime_seconds,
+)
 
-logger = logging.getLogger("llmsite.metrics")
+logger = logging.getLogger("llmsite.telemetry")
 
-STARTED_AT = time.time()
-_STARTED_MONOTONIC = time.monotonic()
+# -- live figures, for the router and the operators' views ------------------------
+# Weight of the newest observation: ~10 requests dominate the average.
+ALPHA = 0.2
 
-REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
 
-_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+@dataclass
+class Figures:
+    ttft_ms: float | None = None
+    tokens_per_s: float | None = None
+    requests: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    last_used: float = 0.0  # time.monotonic()
+
+    def snapshot(self) -> Figures:
+        return Figures(**self.__dict__)
+
+
+class LiveFigures:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_model: dict[str, Figures] = {}
+
+    def _get(self, model_id: str) -> Figures:
+        figures = self._by_model.get(model_id)
+        if figures is None:
+            figures = self._by_model[model_id] = Figures()
+        return figures
+
+    def get(self, model_id: str) -> Figures:
+        with self._lock:
+            return self._get(model_id).snapshot()
+
+    def all(self) -> dict[str, Figures]:
+        with self._lock:
+            return {mid: f.snapshot() for mid, f in self._by_model.items()}
+
+    def started(self, model_id: str) -> None:
+        with self._lock:
+            figures = self._get(model_id)
+            figures.in_flight += 1
+            figures.last_used = time.monotonic()
+
+    def finished(
+        self,
+        model_id: str,
+        *,
+        ok: bool,
+        ttft_s: float | None = None,
+        completion_tokens: int = 0,
+        decode_s: float | None = None,
+    ) -> None:
+        """Close one request started with `started`; fold its timings into the averages."""
+        with self._lock:
+            figures = self._get(model_id)
+            figures.in_flight = max(0, figures.in_flight - 1)
+            figures.requests += 1
+            figures.last_used = time.monotonic()
+            if not ok:
+                figures.errors += 1
+                return
+            if ttft_s is not None:
+                figures.ttft_ms = _ewma(figures.ttft_ms, ttft_s * 1000)
+            # A single token says nothing about decode speed.
+            if decode_s and decode_s > 0 and completion_tokens > 1:
+                figures.tokens_per_s = _ewma(
+                    figures.tokens_per_s, (completion_tokens - 1) / decode_s
+                )
+
+    def set(self, model_id: str, **values) -> None:
+        """Set figures directly (operators seeding a model; tests with controlled figures)."""
+        with self._lock:
+            figures = self._get(model_id)
+            for name, value in values.items():
+                setattr(figures, name, value)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._by_model.clear()
+
+
+def _ewma(previous: float | None, value: float) -> float:
+    return value if previous is None else previous + ALPHA * (value - previous)
+
+
+live = LiveFigures()
+
+
+# -- Prometheus metrics ---------------------------------------------------------
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-HTTP_REQUESTS = Counter(
-    "llmsite_http_requests",
-    "HTTP responses, by URL route, status code and the model that answered.",
-    ["route", "status", "model"],
-    registry=REGISTRY,
-)
-HTTP_DURATION = Histogram(
-    "llmsite_http_request_duration_seconds",
-    "Time to the response headers, by URL route (a stream's body is not included).",
-    ["route"],
-    buckets=_LATENCY_BUCKETS,
-    registry=REGISTRY,
-)
 INFERENCE_REQUESTS = Counter(
     "llmsite_inference_requests",
     "/v1 calls (one per usage record), by endpoint, model and outcome "
@@ -76,7 +148,7 @@ INFERENCE_DURATION = Histogram(
     "llmsite_inference_duration_seconds",
     "Whole /v1 call, streams to their last byte, by model.",
     ["model"],
-    buckets=_LATENCY_BUCKETS,
+    buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 TTFT = Histogram(
@@ -105,16 +177,8 @@ QUOTA_REFUSALS = Counter(
     registry=REGISTRY,
 )
 
-UNMATCHED_ROUTE = "(unmatched)"
-
 
 # -- observing --------------------------------------------------------------------
-def http_observe(*, route: str, status: int, model: str, seconds: float) -> None:
-    route = route or UNMATCHED_ROUTE
-    HTTP_REQUESTS.labels(route=route, status=str(status), model=model).inc()
-    HTTP_DURATION.labels(route=route).observe(seconds)
-
-
 def usage_observe(acct: Any, *, latency_ms: int, ttft_ms: int | None) -> None:
     """Fold one finished /v1 call (an `inference.accounting.Accounting`) into the metrics.
 
@@ -170,8 +234,11 @@ class _LiveCollector(Collector):
     _FIXED = ("queue_depth", "in_flight")
 
     def collect(self) -> Iterator[Metric]:
-        loaded = {mid: registry.get_loaded(mid) for mid in registry.loaded_ids()}
-        loaded = {mid: engine for mid, engine in loaded.items() if engine is not None}
+        loaded = {
+            mid: engine
+            for mid in registry.loaded_ids()
+            if (engine := registry.get_loaded(mid)) is not None
+        }
 
         count = GaugeMetricFamily("llmsite_models_loaded", "Local models loaded in this process.")
         count.add_metric([], len(loaded))
@@ -242,41 +309,15 @@ class _LiveCollector(Collector):
 REGISTRY.register(_LiveCollector())
 
 
-def render() -> tuple[bytes, str]:
-    """The text exposition of every metric, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-
-
 # -- process totals, for the operators' stats -------------------------------------
-def uptime_seconds() -> float:
-    return time.monotonic() - _STARTED_MONOTONIC
-
-
-def _sum(counter: Counter, **where: str) -> int:
-    total = 0.0
-    for family in counter.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total") and all(
-                sample.labels.get(k) == v for k, v in where.items()
-            ):
-                total += sample.value
-    return int(total)
-
-
 def request_totals() -> dict[str, int]:
     """This process's counts since it started."""
-    http_errors = 0
-    for family in HTTP_REQUESTS.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.labels["status"].startswith("5"):
-                http_errors += int(sample.value)
     return {
-        "requests": _sum(INFERENCE_REQUESTS),
-        "errors": _sum(INFERENCE_REQUESTS, status="error"),
-        "rejected": _sum(INFERENCE_REQUESTS, status="rejected"),
-        "cancelled": _sum(INFERENCE_REQUESTS, status="cancelled"),
-        "http_requests": _sum(HTTP_REQUESTS),
-        "http_errors": http_errors,
+        "requests": counter_total(INFERENCE_REQUESTS),
+        "errors": counter_total(INFERENCE_REQUESTS, status="error"),
+        "rejected": counter_total(INFERENCE_REQUESTS, status="rejected"),
+        "cancelled": counter_total(INFERENCE_REQUESTS, status="cancelled"),
+        **http_totals(),
     }
 
 
