@@ -3,7 +3,13 @@
 Protocol (JSON messages):
 - authenticate first, with `{"type": "auth", "token": "...", "tenant": "slug"?}` or
   by offering the subprotocols `["llmsite.bearer", "<token>"]` (never in the URL);
-  a bad credential gets an error event and close code 4401;
+  a bad credential gets an error event and close code 4401; a socket that has
+  not authenticated within LLMSITE_WS_AUTH_TIMEOUT seconds is closed with 4401;
+- every request message checks the credential again (the same key cache and
+  generation counters as REST, so it costs no query while nothing changed): a
+  key revoked, expired or rotated out, an expired access token, a removed
+  member or a deactivated tenant closes the socket with 4401, and a changed
+  plan or limit applies to the next request;
 - `{"type": "chat.completion.create", "request_id": "...", "body": {...}}` where
   `body` is a /v1/chat/completions body; the server answers with
   `{"type": "chat.completion.chunk", "request_id", "chunk"}` (the SSE chunk) and
@@ -26,11 +32,12 @@ import uuid
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
-from accounts.authentication import principal_from_token
+from accounts.authentication import principal_check_inference, principal_from_token
 from inference import services
 from inference.services import Accounted, StreamError
-from llmsite.errors import APIError, InvalidRequest, PermissionError_, RateLimited, internal_error
+from llmsite.errors import APIError, InvalidRequest, RateLimited, internal_error
 from llmsite.middleware import REQUEST_ID as _REQUEST_ID
 
 logger = logging.getLogger("llmsite.inference")
@@ -43,7 +50,9 @@ MAX_ACTIVE = 4
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.principal = None
+        self.credential: tuple[str, str] = ("", "")
         self.tasks: dict[str, asyncio.Task] = {}
+        self.auth_deadline: asyncio.TimerHandle | None = None
         offered = list(self.scope.get("subprotocols") or [])
         if SUBPROTOCOL in offered:
             tokens = [p for p in offered if p != SUBPROTOCOL]
@@ -51,8 +60,25 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._authenticate(tokens[0] if tokens else "", self._query_tenant())
         else:
             await self.accept()
+            # An idle unauthenticated socket holds a connection and a consumer for
+            # nothing: it gets a bounded time to say who it is.
+            self.auth_deadline = asyncio.get_running_loop().call_later(
+                settings.LLMSITE_WS_AUTH_TIMEOUT, self._auth_timed_out
+            )
+
+    def _auth_timed_out(self) -> None:
+        if self.principal is None:
+            self.auth_timeout_task = asyncio.ensure_future(
+                self._reject(
+                    InvalidRequest(
+                        "Authentication timed out: send an auth message first.", code="auth_timeout"
+                    )
+                )
+            )
 
     async def disconnect(self, code) -> None:
+        if self.auth_deadline is not None:
+            self.auth_deadline.cancel()
         # A closed socket cancels everything still running on it; wait for the
         # cancellations so every request's usage record is written.
         tasks = list(self.tasks.values())
@@ -99,25 +125,38 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 return value
         return ""
 
-    async def _authenticate(self, token: str, tenant: str) -> None:
+    async def _principal(self, token: str, tenant: str):
         client = self.scope.get("client") or [None]
+        principal = await database_sync_to_async(principal_from_token)(
+            token, tenant_slug=tenant, ip=client[0]
+        )
+        principal_check_inference(
+            principal, tenant_param="tenant", tenant_hint='"tenant" in the auth message'
+        )
+        return principal
+
+    async def _authenticate(self, token: str, tenant: str) -> None:
         try:
-            principal = await database_sync_to_async(principal_from_token)(
-                token, tenant_slug=tenant, ip=client[0]
-            )
-            if principal.tenant is None:
-                raise PermissionError_(
-                    'Name a tenant ("tenant" in the auth message): you belong to several.'
-                    if principal.tenant_ambiguous
-                    else "You are not a member of any tenant."
-                )
-            if not principal.has_scope("inference"):
-                raise PermissionError_("This API key lacks the `inference` scope.")
+            principal = await self._principal(token, tenant)
         except APIError as exc:
             await self._reject(exc)
             return
         self.principal = principal
+        self.credential = (token, tenant)
+        if self.auth_deadline is not None:
+            self.auth_deadline.cancel()
         await self.send_json({"type": "auth.ok", "tenant": principal.tenant.slug})
+
+    async def _reauthenticate(self) -> bool:
+        """Check the socket's credential again before a request: a socket lives long,
+        and what REST would refuse now it must refuse too."""
+        try:
+            self.principal = await self._principal(*self.credential)
+        except APIError as exc:
+            self.principal = None
+            await self._reject(exc)
+            return False
+        return True
 
     async def _reject(self, exc: APIError) -> None:
         await self._error(None, exc)
@@ -145,6 +184,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 request_id,
                 RateLimited(f"At most {MAX_ACTIVE} requests run at once on one connection."),
             )
+            return
+        if not await self._reauthenticate():
             return
         self.tasks[request_id] = asyncio.create_task(self._run(request_id, body))
 
