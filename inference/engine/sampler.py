@@ -9,6 +9,7 @@ import random
 import numpy as np
 
 from inference.engine.errors import GrammarError
+from inference.engine.gbnf import check_grammar
 from inference.engine.spec import SamplingParams
 
 
@@ -41,6 +42,8 @@ class Sampler:
         self.grammar = None
         self.fast = None
         self.grammar_full_passes = 0  # tokens for which the grammar ran over the vocabulary
+        if params.grammar:
+            check_grammar(params.grammar)  # before llama.cpp's recursive parser sees it
         penalties = params.presence_penalty != 0 or params.frequency_penalty != 0
         if params.temperature <= 0 and not params.grammar and not penalties:
             return
