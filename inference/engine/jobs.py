@@ -19,13 +19,21 @@ class GenerateJob:
     prompt_tokens: list[int]
     params: SamplingParams
     handle: Handle
+    owner: str | None = None  # the tenant, for its share of the queue
     submitted_at: float = field(default_factory=time.monotonic)
 
 
-@dataclass
+@dataclass(eq=False)
 class EmbedJob:
     inputs: list[list[int]]
     handle: Handle
+    owner: str | None = None
+    # Filled batch by batch, between decode steps: inputs[:done] are embedded.
+    vectors: list[list[float]] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return len(self.vectors)
 
 
 @dataclass(eq=False)

@@ -13,14 +13,15 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 import numpy as np
 
 from inference.engine.embedder import Embedder
-from inference.engine.errors import EngineClosed, EngineError, ModelLoadError
+from inference.engine.errors import EngineClosed, EngineError, GrammarError, ModelLoadError
 from inference.engine.events import EmbeddingResult, Finished, TextDelta, TokenLogprob
+from inference.engine.gbnf import check_grammar
 from inference.engine.handle import Handle, wake_all
 from inference.engine.jobs import EmbedJob, GenerateJob, Seq
 from inference.engine.kv import KVCells
@@ -45,6 +46,14 @@ class LlamaEngine:
         self.n_cache = self.n_parallel
         self._cond = threading.Condition()
         self._waiting: deque[GenerateJob | EmbedJob] = deque()
+        # Embedding jobs under way: one batch of their inputs per step.
+        self._embedding: deque[EmbedJob] = deque()
+        # Queued and running jobs per owner (tenant); read without the lock.
+        self._owners: dict[str, int] = {}
+        # Grammars llama.cpp accepted lately (a JSON mode's grammar recurs); the
+        # lock keeps the model (and its vocabulary) alive during a check.
+        self._grammar_lock = threading.Lock()
+        self._grammars_ok: OrderedDict[str, None] = OrderedDict()
         self._closing = False
         self._ready = threading.Event()
         self._load_error: ModelLoadError | None = None
@@ -76,6 +85,7 @@ class LlamaEngine:
                 "kv_cells_copied",
                 "grammar_full_passes",
                 "embedding_batches",
+                "embedding_jobs_cancelled",
             ),
             0,
         )
@@ -131,6 +141,7 @@ class LlamaEngine:
                 "n_parallel": self.n_parallel,
                 "n_ctx_per_sequence": self.spec.n_ctx,
                 "prefix_cache_entries": len(self._prefix or ()),
+                "embedding_jobs_active": len(self._embedding),
                 **self._snapshot,
                 **self._counters,
             }
@@ -150,22 +161,61 @@ class LlamaEngine:
         return 0 <= token < self.n_vocab
 
     # -- submission -----------------------------------------------------------
-    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Handle:
+    def submit(
+        self, prompt_tokens: list[int], params: SamplingParams, *, owner: str | None = None
+    ) -> Handle:
+        """Queue a generation. `owner` (the tenant) counts it in owner_load() until it
+        ends, and gives each owner its turn at free sequences."""
+        if params.grammar:
+            self.check_grammar(params.grammar)
         handle = Handle()
-        self._enqueue(GenerateJob(list(prompt_tokens), params, handle))
+        self._enqueue(GenerateJob(list(prompt_tokens), params, handle, owner))
         return handle
 
-    def submit_embeddings(self, inputs: list[list[int]]) -> Handle:
+    def check_grammar(self, grammar: str) -> None:
+        """Raise GrammarError unless the engine will run `grammar`: within the bounds
+        of gbnf.check_grammar, then parsed by llama.cpp. From any thread.
+
+        Before the model is loaded only the bounds are checked; the engine thread
+        parses the grammar again at admission and answers the handle with a
+        GrammarError if llama.cpp refuses it.
+        """
+        check_grammar(grammar)
+        if not self.is_ready or grammar in self._grammars_ok:
+            return
+        with self._grammar_lock:
+            if self._llm is None:
+                raise EngineClosed(f"model {self.spec.model_id} was unloaded")
+            # The vocabulary is read-only once loaded: a parse here does not
+            # touch the context the engine thread is decoding with.
+            sampler = self._lib.llama_sampler_init_grammar(
+                self._vocab, grammar.encode("utf-8"), b"root"
+            )
+            if not sampler:
+                raise GrammarError("llama.cpp could not parse the grammar")
+            self._lib.llama_sampler_free(sampler)
+            self._grammars_ok[grammar] = None
+            while len(self._grammars_ok) > 16:
+                self._grammars_ok.popitem(last=False)
+
+    def submit_embeddings(self, inputs: list[list[int]], *, owner: str | None = None) -> Handle:
         if not self.spec.embeddings:
             raise EngineError(f"model {self.spec.model_id} does not serve embeddings")
         handle = Handle()
-        self._enqueue(EmbedJob([list(tokens) for tokens in inputs], handle))
+        self._enqueue(EmbedJob([list(tokens) for tokens in inputs], handle, owner))
         return handle
+
+    def owner_load(self, owner: str) -> int:
+        """Jobs of `owner` queued or running now (embedding requests included)."""
+        # A dict read is atomic: no lock, so a service can ask on every request.
+        return self._owners.get(owner, 0)
 
     def _enqueue(self, job) -> None:
         with self._cond:
             if self._closing:
                 raise EngineClosed(f"model {self.spec.model_id} was unloaded")
+            if job.owner is not None:
+                self._owners[job.owner] = self._owners.get(job.owner, 0) + 1
             self._waiting.append(job)
             self._cond.notify_all()
 
@@ -181,9 +231,9 @@ class LlamaEngine:
         try:
             while True:
                 with self._cond:
-                    while not self._waiting and not self._active and not self._closing:
+                    while not (self._waiting or self._active or self._embedding or self._closing):
                         self._cond.wait()
-                    if self._closing and not self._waiting and not self._active:
+                    if self._closing and not (self._waiting or self._active or self._embedding):
                         break
                     jobs = self._take_jobs()
                     self._in_flight += sum(isinstance(j, GenerateJob) for j in jobs)
@@ -198,41 +248,49 @@ class LlamaEngine:
                             self._fail_active(exc)
                 finally:
                     self._wake_deferred()
+                if self._embedding:
+                    # One batch per step: a long embeddings request delays each
+                    # stream's next token by one batch, not by the whole request.
+                    self._embed_step()
                 self._snapshot_cells()
         finally:
             self._free()
 
     def _take_jobs(self) -> list[GenerateJob | EmbedJob]:
-        """The jobs to start now: FIFO, as many generations as free sequences allow.
+        """The jobs to start now: as many generations as free sequences allow.
 
         Embedding jobs need no sequence and never wait behind generations; a
-        cancelled job leaves the queue wherever it stands.
+        cancelled job leaves the queue wherever it stands. Free sequences go to
+        the owners running the fewest (fair_pick).
         """
         taken = []
-        room = self.n_parallel - len(self._active)
-        kept: deque = deque()
+        candidates = []
         for job in self._waiting:
             if isinstance(job, EmbedJob) or job.handle.cancelled or self._load_error:
                 taken.append(job)
-            elif room > 0:
-                taken.append(job)
-                room -= 1
             else:
-                kept.append(job)
-        self._waiting = kept
+                candidates.append(job)
+        room = self.n_parallel - len(self._active)
+        chosen = fair_pick(candidates, [s.job.owner for s in self._active], room)
+        if chosen:
+            picked = set(map(id, chosen))
+            taken.extend(chosen)
+            candidates = [job for job in candidates if id(job) not in picked]
+        self._waiting = deque(candidates)
         return taken
 
     def _start(self, jobs: list[GenerateJob | EmbedJob]) -> None:
-        embeds = []
         for job in jobs:
             if self._load_error is not None:
                 job.handle.emit(self._load_error)
                 self._leave(job)
             elif job.handle.cancelled:
+                if isinstance(job, EmbedJob):
+                    self._counters["embedding_jobs_cancelled"] += 1
                 job.handle.emit(Finished("cancelled", len(getattr(job, "prompt_tokens", [])), 0))
                 self._leave(job)
             elif isinstance(job, EmbedJob):
-                embeds.append(job)
+                self._embedding.append(job)
             else:
                 try:
                     self._admit(job)
@@ -240,8 +298,6 @@ class LlamaEngine:
                     logger.exception("engine %s could not start a job", self.spec.model_id)
                     job.handle.emit(exc if isinstance(exc, EngineError) else EngineError(str(exc)))
                     self._leave(job)
-        if embeds:
-            self._embed(embeds)
 
     def _wake_deferred(self) -> None:
         """Wake the consumers of the events emitted since the last call."""
@@ -249,10 +305,17 @@ class LlamaEngine:
             deferred, self._deferred = self._deferred, []
             wake_all(deferred)
 
-    def _leave(self, job) -> None:
-        if isinstance(job, GenerateJob):
-            with self._cond:
+    def _leave(self, job: GenerateJob | EmbedJob) -> None:
+        """A job has ended (any way): it no longer counts against its owner."""
+        with self._cond:
+            if isinstance(job, GenerateJob):
                 self._in_flight -= 1
+            if job.owner is not None:
+                left = self._owners.get(job.owner, 0) - 1
+                if left > 0:
+                    self._owners[job.owner] = left
+                else:
+                    self._owners.pop(job.owner, None)
 
     def _load(self) -> None:
         check_gguf(self.spec.path)
@@ -325,10 +388,14 @@ class LlamaEngine:
         )
 
     def _free(self) -> None:
+        closed = EngineClosed(f"model {self.spec.model_id} was unloaded")
         for seq in list(self._active):
-            seq.job.handle.emit(EngineClosed(f"model {self.spec.model_id} was unloaded"))
+            seq.job.handle.emit(closed)
             seq.sampler.close()
         self._active.clear()
+        for job in self._embedding:
+            job.handle.emit(closed)
+        self._embedding.clear()
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
@@ -337,10 +404,11 @@ class LlamaEngine:
             self._ctx = self._kv = None
         if self._embedder is not None:
             self._embedder.close()
-        if self._llm is not None:
-            with contextlib.suppress(Exception):
-                self._llm.close()
-        self._llm = self._embedder = None
+        with self._grammar_lock:
+            if self._llm is not None:
+                with contextlib.suppress(Exception):
+                    self._llm.close()
+            self._llm = self._embedder = None
 
     # -- admission: sequence ids, n>1 sharing and the prefix cache ----------------
     def _admit(self, job: GenerateJob) -> None:
@@ -617,46 +685,86 @@ class LlamaEngine:
         return TokenLogprob(piece.decode("utf-8", errors="replace"), list(piece), chosen, top)
 
     # -- embeddings ---------------------------------------------------------------
-    def _embed(self, jobs: list[EmbedJob]) -> None:
-        """Every queued embedding job at once: inputs of several requests share batches."""
+    def _embed_step(self) -> None:
+        """One embedding batch: the next inputs of the jobs under way, oldest first.
+
+        Inputs of several requests share a batch. A cancelled job stops here,
+        before its next batch.
+        """
+        for job in [j for j in self._embedding if j.handle.cancelled]:
+            self._embedding.remove(job)
+            self._counters["embedding_jobs_cancelled"] += 1
+            job.handle.emit(Finished("cancelled", 0, 0))
+            self._leave(job)
+        batch: list[list[int]] = []
+        owners: list[EmbedJob] = []
         try:
-            self._embed_batches(jobs)
+            n_batch, n_seq_max = self._embedder.limits()
+            if self._active:
+                # Streams are waiting on this step: a batch as long as a decode
+                # batch at most (a longer input still goes, alone).
+                n_batch = min(n_batch, self.spec.n_batch)
+            n_tokens = 0
+            for job in self._embedding:
+                for tokens in job.inputs[job.done :]:
+                    if batch and (n_tokens + len(tokens) > n_batch or len(batch) >= n_seq_max):
+                        break
+                    batch.append(tokens)
+                    owners.append(job)
+                    n_tokens += len(tokens)
+                else:
+                    continue
+                break
+            vectors = self._embedder.run(batch) if batch else []
         except Exception as exc:
             logger.exception("engine %s failed an embedding batch", self.spec.model_id)
-            for job in jobs:
+            failed = {id(job) for job in owners} or {id(job) for job in self._embedding}
+            for job in [j for j in self._embedding if id(j) in failed]:
+                self._embedding.remove(job)
                 job.handle.emit(EngineError(str(exc)))
-
-    def _embed_batches(self, jobs: list[EmbedJob]) -> None:
-        n_batch, n_seq_max = self._embedder.limits()
-        inputs = [tokens for job in jobs for tokens in job.inputs]
-        vectors: list[list[float]] = []
-        batch: list[list[int]] = []
-        batch_tokens = 0
-
-        def flush() -> None:
-            if not batch:
-                return
-            vectors.extend(self._embedder.run(batch))
+                self._leave(job)
+            return
+        if batch:
             self._counters["embedding_batches"] += 1
-            batch.clear()
+        for job, vector in zip(owners, vectors, strict=True):
+            job.vectors.append(vector)
+        for job in [j for j in self._embedding if j.done == len(j.inputs)]:
+            self._embedding.remove(job)
+            job.handle.emit(
+                EmbeddingResult(job.vectors, sum(len(t) for t in job.inputs)), self._deferred
+            )
+            self._leave(job)
+        self._wake_deferred()
 
-        for tokens in inputs:
-            if batch_tokens + len(tokens) > n_batch or len(batch) >= n_seq_max:
-                flush()
-                batch_tokens = 0
-            batch.append(tokens)
-            batch_tokens += len(tokens)
-        flush()
-        start = 0
-        for job in jobs:
-            count = len(job.inputs)
-            if job.handle.cancelled:
-                job.handle.emit(Finished("cancelled", 0, 0))
-            else:
-                job.handle.emit(
-                    EmbeddingResult(vectors[start : start + count], sum(len(t) for t in job.inputs))
-                )
-            start += count
+
+def fair_pick(
+    waiting: list[GenerateJob], running: list[str | None], room: int
+) -> list[GenerateJob]:
+    """Up to `room` of the waiting jobs: each in turn goes to the owner running the
+    fewest jobs (counting those picked here), the earliest job first among equals.
+
+    One tenant's burst then waits behind others' single requests instead of
+    holding every free sequence; jobs without an owner share one turn.
+    """
+    if room <= 0 or not waiting:
+        return []
+    if room >= len(waiting):
+        return list(waiting)
+    load: dict[str | None, int] = {}
+    for owner in running:
+        load[owner] = load.get(owner, 0) + 1
+    queues: dict[str | None, deque[tuple[int, GenerateJob]]] = {}
+    for position, job in enumerate(waiting):
+        queues.setdefault(job.owner, deque()).append((position, job))
+    picked: list[tuple[int, GenerateJob]] = []
+    while len(picked) < room:
+        owner = min(queues, key=lambda o: (load.get(o, 0), queues[o][0][0]))
+        picked.append(queues[owner].popleft())
+        if not queues[owner]:
+            del queues[owner]
+        load[owner] = load.get(owner, 0) + 1
+    picked.sort(key=lambda item: item[0])
+    return [job for _, job in picked]
 
 
 def _by_seq_id(seq: Seq) -> int:
