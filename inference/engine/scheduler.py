@@ -294,6 +294,11 @@ class LlamaEngine:
             else:
                 try:
                     self._admit(job)
+                except GrammarError as exc:
+                    # The caller's grammar, not the engine's fault: no traceback.
+                    logger.info("engine %s refused a grammar: %s", self.spec.model_id, exc)
+                    job.handle.emit(exc)
+                    self._leave(job)
                 except Exception as exc:
                     logger.exception("engine %s could not start a job", self.spec.model_id)
                     job.handle.emit(exc if isinstance(exc, EngineError) else EngineError(str(exc)))
