@@ -5,8 +5,9 @@ the engine's thread runs a scheduler loop that decodes every active request in
 one `llama_decode` per step, each request on its own llama.cpp sequence id
 (its own KV cells), and pushes events into the handles. New requests join
 between steps; their prompts are prefilled in chunks alongside the other
-sequences' next tokens. Requests beyond `n_parallel` wait in a queue.
-A finished sequence's cells stay behind as a prefix cache entry (bounded,
+sequences' next tokens. Requests beyond `n_parallel` wait in a queue; a
+free sequence goes to the owner (tenant) running the fewest. Embedding
+requests run one batch per step, between decode steps. A finished sequence's cells stay behind as a prefix cache entry (bounded,
 LRU) that a later prompt with the same beginning copies instead of
 evaluating again. Async code iterates a handle with `async for`; sync code
 with `for`. Cancelling a handle makes the engine drop the request at its next
@@ -21,6 +22,7 @@ Nothing outside this package knows how many sequences are decoded at once.
     scheduler.py     LlamaEngine: the engine thread and its loop
     jobs.py          queued jobs and decoding sequences
     sampler.py       one sequence's sampler
+    gbnf.py          bounds on a grammar before llama.cpp parses it
     prefix_cache.py  finished sequences' cells, reused by later prompts
     kv.py            KV cells by sequence id (clear, copy, count)
     embedder.py      the embedding context
