@@ -121,7 +121,12 @@ class TenantAdmin(admin.ModelAdmin):
         models = form.cleaned_data.pop("allowed_models", None)
         super().save_related(request, form, formsets, change)
         if models is not None:
-            tenant_models_set(tenant=form.instance, models=models, actor=request_actor(request))
+            tenant_models_set(
+                tenant=form.instance,
+                models=models,
+                all_models=form.instance.all_models,
+                actor=request_actor(request),
+            )
 
     def save_formset(self, request, form, formset, change):
         if formset.model is not Membership:
@@ -198,7 +203,7 @@ class ApiKeyIssueForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["tenant", "name", "scopes", "expires_at", "allowed_models"]
+        fields = ["tenant", "name", "scopes", "expires_at", "all_models", "allowed_models"]
 
     def clean_expires_at(self):
         expires_at = self.cleaned_data["expires_at"]
@@ -237,7 +242,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ["prefix", "name", "tenant__slug"]
     filter_horizontal = ["allowed_models"]
     actions = ["revoke_selected", "rotate_selected"]
-    add_fields = ["tenant", "name", "scopes", "expires_at", "allowed_models"]
+    add_fields = ["tenant", "name", "scopes", "expires_at", "all_models", "allowed_models"]
     # hashed_key is never shown, not even read-only.
     change_fields = [
         "name",
@@ -245,6 +250,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "prefix",
         "state",
         "scope_list",
+        "all_models",
         "allowed_models",
         "created_by",
         "created_at",
@@ -287,6 +293,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             scopes=data["scopes"],
             expires_at=data["expires_at"],
             allowed_models=list(data["allowed_models"]),
+            all_models=data["all_models"],
             actor=request_actor(request),
         )
         # The admin goes on with `obj` (change message, redirect): make it the issued row.
