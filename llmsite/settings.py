@@ -36,7 +36,6 @@ Variables (all optional):
 from __future__ import annotations
 
 import os
-import secrets
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from llmsite.env import (
     env_path,
     env_str,
     redis_url,
+    secret_key_file,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -66,17 +66,7 @@ def _secret_key() -> str:
         if len(key) < 32:
             raise ConfigError("LLMSITE_SECRET_KEY must be at least 32 characters")
         return key
-    path = DATA_DIR / "secret_key"
-    if not path.exists():
-        # O_EXCL: two processes starting together agree on one key.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(50))
-    return path.read_text().strip()
+    return secret_key_file(DATA_DIR / "secret_key")
 
 
 SECRET_KEY = _secret_key()
