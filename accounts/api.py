@@ -47,6 +47,8 @@ class LoginView(TokenObtainPairView):
         ],
     )
     def post(self, request, *args, **kwargs):
+        if not isinstance(request.data, dict):
+            raise InvalidRequest("The body must be a JSON object with username and password.")
         username = str(request.data.get("username", ""))[:150].lower()
         rate = settings.LLMSITE_LOGIN_RATE
         # Both counters advance on every attempt, so spreading guesses over many
