@@ -9,7 +9,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Q
-from django.http import HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.utils import timezone
 
 from accounts.models import DEFAULT_SCOPES, ApiKey, AuditLog, Membership, Scope, Tenant
@@ -24,6 +24,7 @@ from accounts.services import (
     member_remove,
     tenant_models_set,
 )
+from accounts.throttling import login_throttled
 from inference.selectors import model_queryset
 from llmsite.admin import ReadOnlyAdmin
 from llmsite.errors import APIError
@@ -374,3 +375,20 @@ class AuditLogAdmin(ReadOnlyAdmin):
     @admin.display(description="target", ordering="target_repr")
     def target_display(self, row: AuditLog) -> str:
         return row.target_repr
+
+
+# -- sign-in --------------------------------------------------------------------------
+def admin_login(request, extra_context=None):
+    """The admin's login page, with the API sign-in's per-IP and per-username limits
+    (and the same counters). Routed ahead of admin.site.urls in llmsite/urls.py."""
+    if request.method == "POST" and login_throttled(
+        request, username=request.POST.get("username", "")
+    ):
+        response = HttpResponse(
+            "Too many sign-in attempts; wait a minute and try again.",
+            status=429,
+            content_type="text/plain; charset=utf-8",
+        )
+        response["Retry-After"] = "60"
+        return response
+    return admin.site.login(request, extra_context)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
-from django_ratelimit.core import is_ratelimited
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -30,6 +28,7 @@ from accounts.serializers import (
     MembershipSerializer,
     TenantSerializer,
 )
+from accounts.throttling import login_throttled
 from inference.selectors import model_queryset
 from llmsite.errors import InvalidRequest, RateLimited
 
@@ -49,21 +48,7 @@ class LoginView(TokenObtainPairView):
     def post(self, request, *args, **kwargs):
         if not isinstance(request.data, dict):
             raise InvalidRequest("The body must be a JSON object with username and password.")
-        username = str(request.data.get("username", ""))[:150].lower()
-        rate = settings.LLMSITE_LOGIN_RATE
-        # Both counters advance on every attempt, so spreading guesses over many
-        # usernames from one IP, or over many IPs for one user, is limited too.
-        by_ip = is_ratelimited(
-            request._request, group="login-ip", key="ip", rate=rate, increment=True
-        )
-        by_user = is_ratelimited(
-            request._request,
-            group="login-user",
-            key=lambda group, req: username or "-",
-            rate=rate,
-            increment=True,
-        )
-        if by_ip or by_user:
+        if login_throttled(request._request, username=request.data.get("username", "")):
             raise RateLimited(
                 "Too many sign-in attempts; wait a minute and try again.",
                 headers={"Retry-After": "60"},
