@@ -109,6 +109,8 @@ class LLMModel(models.Model):
     class Meta:
         ordering = ["model_id"]
         verbose_name = "model"
+        # Loading and unloading affect every tenant: staff status alone is not enough.
+        permissions = [("manage_engine", "Can load, unload and reload models")]
 
     def __str__(self) -> str:
         return self.model_id
