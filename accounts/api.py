@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -219,7 +218,10 @@ class MemberViewSet(TenantScopedViewSet):
     @extend_schema(
         request=MemberAddSerializer,
         responses={201: MembershipSerializer},
-        description="Add an existing user, or invite a new one (created without a password).",
+        description=(
+            "Add a new user (created without a password), or an existing one who "
+            "belongs to no tenant and is not staff."
+        ),
         examples=[
             OpenApiExample("add", request_only=True, value={"username": "bob", "role": "member"})
         ],
@@ -229,15 +231,10 @@ class MemberViewSet(TenantScopedViewSet):
         serializer = MemberAddSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        User = get_user_model()
-        user = User.objects.filter(username=data["username"]).first()
-        if user is None:
-            user = User(username=data["username"], email=data["email"])
-            user.set_unusable_password()
-            user.save()
-        membership = services.member_add(
+        membership = services.member_invite(
             tenant=self.tenant,
-            user=user,
+            username=data["username"],
+            email=data["email"],
             role=data["role"],
             actor=self.actor,
             acting_role=self.access.role,

@@ -478,6 +478,44 @@ def member_add(
 
 
 @transaction.atomic
+def member_invite(
+    *,
+    tenant: Tenant,
+    username: str,
+    email: str = "",
+    role: str,
+    actor: Actor = SYSTEM,
+    acting_role: str | None = None,
+) -> Membership:
+    """A tenant admin adds someone by username: a new user (created without a
+    password), or an existing one who belongs to no tenant and is not staff.
+
+    Users of other tenants and operators are refused with one answer, which says
+    neither where the user belongs nor what they are.
+    """
+    User = get_user_model()
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        user = User(username=username, email=email)
+        user.set_unusable_password()
+        user.save()
+    elif Membership.objects.filter(tenant=tenant, user=user).exists():
+        pass  # member_add answers `already_member`, which leaks nothing beyond this tenant
+    elif (
+        user.is_staff
+        or user.is_superuser
+        or Membership.objects.filter(user=user).exclude(tenant=tenant).exists()
+    ):
+        raise InvalidRequest(
+            f"The username {username!r} cannot be added to this tenant; "
+            "pick another, or ask an operator.",
+            param="username",
+            code="username_unavailable",
+        )
+    return member_add(tenant=tenant, user=user, role=role, actor=actor, acting_role=acting_role)
+
+
+@transaction.atomic
 def member_change_role(
     *, membership: Membership, role: str, actor: Actor = SYSTEM, acting_role: str | None = None
 ) -> Membership:
