@@ -4,6 +4,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from inference.chat_formats import CHAT_FORMATS
+from llmsite.fields import EncryptedTextField
 
 BUNDLED_PREFIX = "bundled:"
 
@@ -75,8 +76,8 @@ class LLMModel(models.Model):
         default=BACKEND_LLAMA_CPP,
     )
     base_url = models.URLField(blank=True, help_text="Remote backends: the server's /v1 base URL.")
-    remote_api_key = models.CharField(
-        max_length=256, blank=True, help_text="Remote backends: the Bearer key sent upstream."
+    remote_api_key = EncryptedTextField(
+        blank=True, help_text="Remote backends: the Bearer key sent upstream (encrypted at rest)."
     )
     remote_model = models.CharField(
         max_length=128,

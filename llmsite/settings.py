@@ -10,6 +10,9 @@ Variables (all optional):
                           required, 50+ characters, in production)
   LLMSITE_DEBUG           1/0 (0)
   LLMSITE_ALLOWED_HOSTS   comma list (127.0.0.1,localhost,[::1],testserver)
+  LLMSITE_FIELD_KEY       Fernet key(s), comma list, for secrets stored in the database
+                          (remote backend keys); the first encrypts. Default: derived
+                          from the secret key; required in production
   LLMSITE_SSL_REDIRECT    production: redirect plain HTTP to HTTPS (1)
   LLMSITE_HSTS_SECONDS    production: Strict-Transport-Security max-age (31536000)
   LLMSITE_HSTS_SUBDOMAINS production: includeSubDomains (1)
@@ -115,6 +118,37 @@ if PRODUCTION:
         # Preloading is a commitment for the whole domain, opted into explicitly.
         SILENCED_SYSTEM_CHECKS = ["security.W021"]
     CSRF_TRUSTED_ORIGINS = env_list("LLMSITE_CSRF_TRUSTED_ORIGINS", [])
+
+
+def _field_keys() -> list[str]:
+    """Fernet keys for fields encrypted at rest (llmsite/fields.py); first one encrypts."""
+    import base64
+    import hashlib
+
+    from cryptography.fernet import Fernet
+
+    raw = env_list("LLMSITE_FIELD_KEY", [])
+    if not raw:
+        if PRODUCTION:
+            raise ConfigError(
+                "LLMSITE_ENV=production needs LLMSITE_FIELD_KEY (a Fernet key: "
+                'python -c "from cryptography.fernet import Fernet; '
+                'print(Fernet.generate_key().decode())")'
+            )
+        # Development: derived from the secret key, so it lives and dies with it.
+        digest = hashlib.sha256(b"llmsite-field-key:" + SECRET_KEY.encode()).digest()
+        return [base64.urlsafe_b64encode(digest).decode()]
+    for key in raw:
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ConfigError(
+                "LLMSITE_FIELD_KEY must be comma-separated Fernet keys (32 url-safe base64 bytes)"
+            ) from None
+    return raw
+
+
+LLMSITE_FIELD_KEYS = _field_keys()
 
 INSTALLED_APPS = [
     "daphne",

@@ -15,9 +15,7 @@ SECRET = "p" * 20 + "roduction-secret-key-with-enough-characters-0123456789"
 
 
 def manage(tmp_path, *args, **env):
-    base = {
-        k: v for k, v in os.environ.items() if not k.startswith("LLMSITE_") and k != "DEBUG"
-    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LLMSITE_") and k != "DEBUG"}
     base.update(LLMSITE_DATA_DIR=str(tmp_path), **env)
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -33,6 +31,7 @@ PRODUCTION = {
     "LLMSITE_ENV": "production",
     "LLMSITE_SECRET_KEY": SECRET,
     "LLMSITE_ALLOWED_HOSTS": "llm.example.com",
+    "LLMSITE_FIELD_KEY": "0tqf8uXmTRxqS6E1dD0ZzKcmOGgLP2MMxjyG7Yf4yw4=",
 }
 
 
@@ -57,6 +56,8 @@ def test_check_deploy_fails_with_development_settings(tmp_path):
         ({"LLMSITE_ALLOWED_HOSTS": ""}, "LLMSITE_ALLOWED_HOSTS"),
         ({"LLMSITE_ALLOWED_HOSTS": "*"}, "LLMSITE_ALLOWED_HOSTS"),
         ({"LLMSITE_ENV": "prod"}, "LLMSITE_ENV"),
+        ({"LLMSITE_FIELD_KEY": ""}, "LLMSITE_FIELD_KEY"),
+        ({"LLMSITE_FIELD_KEY": "not-a-fernet-key"}, "LLMSITE_FIELD_KEY"),
     ],
 )
 def test_production_refuses_development_defaults(tmp_path, change, named):
