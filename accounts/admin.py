@@ -9,7 +9,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Q
-from django.http import HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.utils import timezone
 
 from accounts.models import DEFAULT_SCOPES, ApiKey, AuditLog, Membership, Scope, Tenant
@@ -25,6 +25,7 @@ from accounts.services import (
     member_remove,
     tenant_models_set,
 )
+from accounts.throttling import login_throttled
 from llmsite.admin import ReadOnlyAdmin
 from llmsite.errors import APIError
 
@@ -121,7 +122,12 @@ class TenantAdmin(admin.ModelAdmin):
         models = form.cleaned_data.pop("allowed_models", None)
         super().save_related(request, form, formsets, change)
         if models is not None:
-            tenant_models_set(tenant=form.instance, models=models, actor=request_actor(request))
+            tenant_models_set(
+                tenant=form.instance,
+                models=models,
+                all_models=form.instance.all_models,
+                actor=request_actor(request),
+            )
 
     def save_formset(self, request, form, formset, change):
         if formset.model is not Membership:
@@ -198,7 +204,7 @@ class ApiKeyIssueForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["tenant", "name", "scopes", "expires_at", "allowed_models"]
+        fields = ["tenant", "name", "scopes", "expires_at", "all_models", "allowed_models"]
 
     def clean_expires_at(self):
         expires_at = self.cleaned_data["expires_at"]
@@ -238,7 +244,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ["prefix", "name", "tenant__slug"]
     filter_horizontal = ["allowed_models"]
     actions = ["revoke_selected", "rotate_selected"]
-    add_fields = ["tenant", "name", "scopes", "expires_at", "allowed_models"]
+    add_fields = ["tenant", "name", "scopes", "expires_at", "all_models", "allowed_models"]
     # hashed_key is never shown, not even read-only.
     change_fields = [
         "name",
@@ -246,6 +252,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "prefix",
         "state",
         "scope_list",
+        "all_models",
         "allowed_models",
         "created_by",
         "created_at",
@@ -288,6 +295,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             scopes=data["scopes"],
             expires_at=data["expires_at"],
             allowed_models=list(data["allowed_models"]),
+            all_models=data["all_models"],
             actor=request_actor(request),
         )
         # The admin goes on with `obj` (change message, redirect): make it the issued row.
@@ -368,3 +376,20 @@ class AuditLogAdmin(ReadOnlyAdmin):
     @admin.display(description="target", ordering="target_repr")
     def target_display(self, row: AuditLog) -> str:
         return row.target_repr
+
+
+# -- sign-in --------------------------------------------------------------------------
+def admin_login(request, extra_context=None):
+    """The admin's login page, with the API sign-in's per-IP and per-username limits
+    (and the same counters). Routed ahead of admin.site.urls (accounts/admin_urls.py)."""
+    if request.method == "POST" and login_throttled(
+        request, username=request.POST.get("username", "")
+    ):
+        response = HttpResponse(
+            "Too many sign-in attempts; wait a minute and try again.",
+            status=429,
+            content_type="text/plain; charset=utf-8",
+        )
+        response["Retry-After"] = "60"
+        return response
+    return admin.site.login(request, extra_context)

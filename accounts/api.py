@@ -5,10 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 
-from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db.models import Model
-from django_ratelimit.core import is_ratelimited
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -36,6 +33,7 @@ from accounts.serializers import (
     TenantSerializer,
 )
 from accounts.services import Actor
+from accounts.throttling import login_throttled
 from llmsite.errors import InvalidRequest, RateLimited
 
 TENANT_PARAM = OpenApiParameter("slug", str, OpenApiParameter.PATH, description="Tenant slug")
@@ -52,21 +50,9 @@ class LoginView(TokenObtainPairView):
         ],
     )
     def post(self, request, *args, **kwargs):
-        username = str(request.data.get("username", ""))[:150].lower()
-        rate = settings.LLMSITE_LOGIN_RATE
-        # Both counters advance on every attempt, so spreading guesses over many
-        # usernames from one IP, or over many IPs for one user, is limited too.
-        by_ip = is_ratelimited(
-            request._request, group="login-ip", key="ip", rate=rate, increment=True
-        )
-        by_user = is_ratelimited(
-            request._request,
-            group="login-user",
-            key=lambda group, req: username or "-",
-            rate=rate,
-            increment=True,
-        )
-        if by_ip or by_user:
+        if not isinstance(request.data, dict):
+            raise InvalidRequest("The body must be a JSON object with username and password.")
+        if login_throttled(request._request, username=request.data.get("username", "")):
             raise RateLimited(
                 "Too many sign-in attempts; wait a minute and try again.",
                 headers={"Retry-After": "60"},
@@ -237,7 +223,10 @@ class MemberViewSet(TenantScopedViewSet):
     @extend_schema(
         request=MemberAddSerializer,
         responses={201: MembershipSerializer},
-        description="Add an existing user, or invite a new one (created without a password).",
+        description=(
+            "Add a new user (created without a password), or an existing one who "
+            "belongs to no tenant and is not staff."
+        ),
         examples=[
             OpenApiExample("add", request_only=True, value={"username": "bob", "role": "member"})
         ],
@@ -247,15 +236,10 @@ class MemberViewSet(TenantScopedViewSet):
         serializer = MemberAddSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        User = get_user_model()
-        user = User.objects.filter(username=data["username"]).first()
-        if user is None:
-            user = User(username=data["username"], email=data["email"])
-            user.set_unusable_password()
-            user.save()
-        membership = services.member_add(
+        membership = services.member_invite(
             tenant=self.tenant,
-            user=user,
+            username=data["username"],
+            email=data["email"],
             role=data["role"],
             actor=self.actor,
             acting_role=self.access.role,

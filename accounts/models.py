@@ -13,7 +13,15 @@ class Tenant(models.Model):
         "inference.LLMModel",
         blank=True,
         related_name="allowed_tenants",
-        help_text="Models this tenant may use. Empty means every enabled model.",
+        help_text="Models this tenant may use when it is not given every model.",
+    )
+    # Explicit, so that an allow-list emptied by a cascade (its last model deleted)
+    # means no model rather than every model. Services keep it off while the list
+    # has entries.
+    all_models = models.BooleanField(
+        default=True,
+        help_text="Every enabled model, including ones added later. When off, only "
+        "the allowed models: none if the list is empty.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -85,7 +93,12 @@ class ApiKey(models.Model):
         "inference.LLMModel",
         blank=True,
         related_name="allowed_keys",
-        help_text="Narrows the tenant's models for this key. Empty means no narrowing.",
+        help_text="Narrows the tenant's models for this key when it is not given every model.",
+    )
+    all_models = models.BooleanField(
+        default=True,
+        help_text="No narrowing of the tenant's models. When off, only the allowed "
+        "models: none if the list is empty.",
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,

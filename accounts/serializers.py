@@ -19,6 +19,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "id",
             "name",
             "scopes",
+            "all_models",
             "allowed_models",
             "state",
             "created_at",

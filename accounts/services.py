@@ -27,6 +27,7 @@ from accounts.models import (
     Scope,
     Tenant,
 )
+from accounts.signals import api_key_derived
 from llmsite.errors import InvalidRequest, PermissionError_
 
 if TYPE_CHECKING:
@@ -92,18 +93,27 @@ def tenant_get_or_create(*, slug: str, name: str = "") -> Tenant:
 
 
 @transaction.atomic
-def tenant_models_set(*, tenant: Tenant, models: Iterable, actor: Actor = SYSTEM) -> None:
+def tenant_models_set(
+    *, tenant: Tenant, models: Iterable, all_models: bool | None = None, actor: Actor = SYSTEM
+) -> None:
+    """Set the tenant's allow-list. `all_models`: every enabled model when the list is
+    empty (None: that is what an empty list asks for); it is off whenever the list
+    has entries, so that emptying the list later (a cascade) leaves no model."""
     models = list(models)
+    all_models = (not models) if all_models is None else (all_models and not models)
     before = sorted(tenant.allowed_models.values_list("model_id", flat=True))
+    was_all = tenant.all_models
     tenant.allowed_models.set(models)
+    if tenant.all_models != all_models:
+        tenant.all_models = all_models
+        tenant.save(update_fields=["all_models"])
     after = sorted(m.model_id for m in models)
-    if before != after:
+    if before != after or was_all != all_models:
+        data: dict = {"before": before, "after": after}
+        if not after:  # only an empty list needs the flag to read: all or none
+            data["all_models"] = all_models
         audit_record(
-            actor=actor,
-            action="tenant.models_changed",
-            tenant=tenant,
-            target=tenant,
-            data={"before": before, "after": after},
+            actor=actor, action="tenant.models_changed", tenant=tenant, target=tenant, data=data
         )
 
 
@@ -128,6 +138,51 @@ def _validate_scopes(scopes: Iterable[str] | None) -> list[str]:
     return scopes
 
 
+def _within_minter(
+    minter: ApiKey,
+    *,
+    scopes: list[str],
+    expires_at: datetime | None,
+    models: list,
+    all_models: bool,
+) -> tuple[datetime | None, list, bool]:
+    """A key minted (or rotated) by a key is at most as broad as that key: no scope it
+    lacks, no model outside its list, no later expiry. An expiry or list left out
+    is the minter's. Limits are inherited after the row exists (_limits_inherit)."""
+    beyond = [s for s in scopes if s not in (minter.scopes or [])]
+    if beyond:
+        raise PermissionError_(
+            f"This API key cannot grant scope(s) it does not hold: {', '.join(beyond)}."
+        )
+    if minter.expires_at is not None:
+        if expires_at is None:
+            expires_at = minter.expires_at
+        elif expires_at > minter.expires_at:
+            raise PermissionError_("A key cannot be made to outlive the API key that issues it.")
+    if not minter.all_models:
+        mine = list(minter.allowed_models.all())
+        if all_models:
+            models, all_models = mine, False
+        else:
+            own = {m.pk for m in mine}
+            outside = [m.model_id for m in models if m.pk not in own]
+            if outside:
+                raise PermissionError_(
+                    "This API key cannot grant model(s) outside its own allow-list: "
+                    f"{', '.join(outside)}."
+                )
+    return expires_at, models, all_models
+
+
+def _limits_inherit(key: ApiKey, sources: list[ApiKey]) -> None:
+    """Give `key` the tightest of each limit its sources have (a minting key, the key
+    being rotated): a key issued from another never escapes that key's limits.
+
+    Limits are billing's (billing builds on accounts), so billing does the work in
+    its receiver of `api_key_derived`, inside this transaction."""
+    api_key_derived.send(sender=ApiKey, key=key, sources=sources)
+
+
 @transaction.atomic
 def api_key_issue(
     *,
@@ -136,11 +191,28 @@ def api_key_issue(
     scopes: Iterable[str] | None = None,
     expires_at: datetime | None = None,
     allowed_models: Iterable | None = None,
+    all_models: bool | None = None,
+    limits_from: ApiKey | None = None,
     actor: Actor = SYSTEM,
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the raw key, which is never available again."""
+    """Create a key; returns the row and the raw key, which is never available again.
+
+    `all_models`: no narrowing of the tenant's models (None: when `allowed_models` is
+    empty). When the actor is an API key, the new key is at most as broad as it.
+    `limits_from`: a key whose limits the new one keeps (rotation).
+    """
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidRequest("expires_at must be in the future.", param="expires_at")
+    scopes = _validate_scopes(scopes)
+    models = list(allowed_models or [])
+    all_models = (not models) if all_models is None else (all_models and not models)
+    minter = actor.api_key
+    if minter is not None:
+        if minter.tenant_id != tenant.pk:
+            raise PermissionError_("An API key can only issue keys for its own tenant.")
+        expires_at, models, all_models = _within_minter(
+            minter, scopes=scopes, expires_at=expires_at, models=models, all_models=all_models
+        )
     prefix = secrets.token_hex(_PREFIX_LEN // 2)
     raw = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(
@@ -148,12 +220,16 @@ def api_key_issue(
         name=name,
         prefix=prefix,
         hashed_key=hash_key(raw),
-        scopes=_validate_scopes(scopes),
+        scopes=scopes,
         expires_at=expires_at,
+        all_models=all_models,
         created_by=actor.user,
     )
-    if allowed_models:
-        key.allowed_models.set(allowed_models)
+    if models:
+        key.allowed_models.set(models)
+    sources = [k for k in (limits_from, minter) if k is not None]
+    if sources:
+        _limits_inherit(key, sources)
     audit_record(
         actor=actor,
         action="api_key.created",
@@ -195,6 +271,8 @@ def api_key_rotate(
         scopes=api_key.scopes,
         expires_at=api_key.expires_at,
         allowed_models=list(api_key.allowed_models.all()),
+        all_models=api_key.all_models,
+        limits_from=api_key,
         actor=actor,
     )
     ends = timezone.now() + grace
@@ -325,6 +403,44 @@ def member_add(
         actor=actor, action="member.added", tenant=tenant, target=membership, data={"role": role}
     )
     return membership
+
+
+@transaction.atomic
+def member_invite(
+    *,
+    tenant: Tenant,
+    username: str,
+    email: str = "",
+    role: str,
+    actor: Actor = SYSTEM,
+    acting_role: str | None = None,
+) -> Membership:
+    """A tenant admin adds someone by username: a new user (created without a
+    password), or an existing one who belongs to no tenant and is not staff.
+
+    Users of other tenants and operators are refused with one answer, which says
+    neither where the user belongs nor what they are.
+    """
+    User = get_user_model()
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        user = User(username=username, email=email)
+        user.set_unusable_password()
+        user.save()
+    elif Membership.objects.filter(tenant=tenant, user=user).exists():
+        pass  # member_add answers `already_member`, which leaks nothing beyond this tenant
+    elif (
+        user.is_staff
+        or user.is_superuser
+        or Membership.objects.filter(user=user).exclude(tenant=tenant).exists()
+    ):
+        raise InvalidRequest(
+            f"The username {username!r} cannot be added to this tenant; "
+            "pick another, or ask an operator.",
+            param="username",
+            code="username_unavailable",
+        )
+    return member_add(tenant=tenant, user=user, role=role, actor=actor, acting_role=acting_role)
 
 
 @transaction.atomic

@@ -4,10 +4,15 @@ bumps that tenant's AuthGeneration in the same transaction."""
 from __future__ import annotations
 
 from django.db.models.signals import post_delete, post_save
-from django.dispatch import receiver
+from django.dispatch import Signal, receiver
 
 from accounts.generations import auth_generation_bump
 from accounts.models import ApiKey, Tenant
+
+# Sent when a key is issued from other keys (minted by a key, or rotated):
+# `key` the new key, `sources` the keys it must stay within. Billing's receiver
+# copies the tightest limits.
+api_key_derived = Signal()
 
 
 @receiver(post_save, sender=ApiKey)

@@ -113,7 +113,12 @@ class StatementViewSet(TenantScopedViewSet):
 
     def retrieve(self, request, slug, month):
         require(self.access, request.user, scope=Scope.USAGE_READ)
-        first = date.fromisoformat(f"{month}-01")
+        try:
+            first = date.fromisoformat(f"{month}-01")
+        except ValueError:
+            raise InvalidRequest(
+                f"{month!r} is not a month: use YYYY-MM (01 to 12).", param="month"
+            ) from None
         statement = selectors.statement_get(tenant=self.tenant, month=first)
         return Response(StatementSerializer(statement).data)
 

@@ -103,6 +103,7 @@ class ConcurrencyLease(models.Model):
     """An in-flight request holding a concurrency slot (database path); leases expire."""
 
     scope = models.CharField(max_length=200)
+    # The reservation's server-generated lease id, not the client's X-Request-Id.
     request_id = models.CharField(max_length=128)
     expires_at = models.DateTimeField()
 

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -183,6 +184,9 @@ class Reservation:
     settled: bool = False
 
     soft_budget_percent: int = 80
+    # Concurrency slots are held under this id, never the client's X-Request-Id:
+    # requests sharing one id would otherwise share (or collide on) one lease.
+    lease_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def empty(self) -> bool:
@@ -351,7 +355,7 @@ class RedisBackend:
         for c in reservation.checks:
             args += [c.increment, c.limit, c.ttl]
         for _, limit in reservation.slots:
-            args += [limit, reservation.request_id, now_ms + LEASE_SECONDS * 1000]
+            args += [limit, reservation.lease_id, now_ms + LEASE_SECONDS * 1000]
         result = self._script(keys=keys, args=args)
         failed, *rest = (int(x) for x in result)
         if failed:
@@ -367,7 +371,7 @@ class RedisBackend:
             if delta:
                 pipe.incrby(key, delta)
         for scope, _ in reservation.slots:
-            pipe.zrem(scope, reservation.request_id)
+            pipe.zrem(scope, reservation.lease_id)
         pipe.execute()
 
 
@@ -421,7 +425,7 @@ class DatabaseBackend:
             ConcurrencyLease.objects.bulk_create(
                 ConcurrencyLease(
                     scope=scope,
-                    request_id=reservation.request_id,
+                    request_id=reservation.lease_id,
                     expires_at=now + timedelta(seconds=LEASE_SECONDS),
                 )
                 for scope in slots
@@ -437,7 +441,7 @@ class DatabaseBackend:
             if reservation.slots:
                 ConcurrencyLease.objects.filter(
                     scope__in=[scope for scope, _ in reservation.slots],
-                    request_id=reservation.request_id,
+                    request_id=reservation.lease_id,
                 ).delete()
 
 

@@ -8,7 +8,8 @@ from django.dispatch import receiver
 
 from accounts.generations import auth_generation_bump
 from accounts.models import ApiKey
-from billing.models import KeyLimits, Plan, TenantBilling
+from accounts.signals import api_key_derived
+from billing.models import KeyLimits, Limits, Plan, TenantBilling
 
 
 @receiver(post_save, sender=TenantBilling)
@@ -31,3 +32,16 @@ def _key_limits_changed(sender, instance: KeyLimits, **kwargs) -> None:
 @receiver(post_delete, sender=Plan)
 def _plan_changed(sender, instance: Plan, **kwargs) -> None:
     auth_generation_bump(tenant_id=None)  # any number of tenants may be on it
+
+
+@receiver(api_key_derived)
+def _key_limits_inherit(sender, key, sources, **kwargs) -> None:
+    """A key issued from others gets the tightest of each limit they have."""
+    rows = list(KeyLimits.objects.filter(api_key__in=[k.pk for k in sources]))
+    values = {}
+    for name in Limits.LIMIT_FIELDS:
+        set_ = [getattr(row, name) for row in rows if getattr(row, name) is not None]
+        if set_:
+            values[name] = min(set_)
+    if values:
+        KeyLimits.objects.create(api_key=key, **values)

@@ -147,11 +147,14 @@ class LLMModelAdmin(admin.ModelAdmin):
         for model in queryset:
             model_delete(model=model, actor=actor)
 
+    def has_manage_engine_permission(self, request) -> bool:
+        return request.user.has_perm("inference.manage_engine")
+
     def _report(self, request, model: LLMModel, state) -> None:
         level = messages.ERROR if state.state == "failed" else messages.SUCCESS
         self.message_user(request, f"{model.model_id}: {state}", level)
 
-    @admin.action(description="Load selected models")
+    @admin.action(description="Load selected models", permissions=["manage_engine"])
     def load_selected(self, request, queryset):
         actor = request_actor(request)
         for model in queryset:
@@ -162,7 +165,7 @@ class LLMModelAdmin(admin.ModelAdmin):
                 continue
             self._report(request, model, state)
 
-    @admin.action(description="Unload selected models")
+    @admin.action(description="Unload selected models", permissions=["manage_engine"])
     def unload_selected(self, request, queryset):
         actor = request_actor(request)
         for model in queryset:
@@ -173,7 +176,7 @@ class LLMModelAdmin(admin.ModelAdmin):
                 messages.SUCCESS if unloaded else messages.WARNING,
             )
 
-    @admin.action(description="Reload selected models")
+    @admin.action(description="Reload selected models", permissions=["manage_engine"])
     def reload_selected(self, request, queryset):
         actor = request_actor(request)
         for model in queryset:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TypeGuard
 
 from asgiref.sync import sync_to_async
 
@@ -138,7 +139,7 @@ def _check_pattern(pattern: str, param: str) -> None:
         raise _invalid(param, f"a pattern nests groups deeper than {MAX_PATTERN_DEPTH}")
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -4,6 +4,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from inference.chat_formats import CHAT_FORMATS
+from llmsite.fields import EncryptedTextField
 
 BUNDLED_PREFIX = "bundled:"
 
@@ -75,8 +76,8 @@ class LLMModel(models.Model):
         default=BACKEND_LLAMA_CPP,
     )
     base_url = models.URLField(blank=True, help_text="Remote backends: the server's /v1 base URL.")
-    remote_api_key = models.CharField(
-        max_length=256, blank=True, help_text="Remote backends: the Bearer key sent upstream."
+    remote_api_key = EncryptedTextField(
+        blank=True, help_text="Remote backends: the Bearer key sent upstream (encrypted at rest)."
     )
     remote_model = models.CharField(
         max_length=128,
@@ -109,6 +110,8 @@ class LLMModel(models.Model):
     class Meta:
         ordering = ["model_id"]
         verbose_name = "model"
+        # Loading and unloading affect every tenant: staff status alone is not enough.
+        permissions = [("manage_engine", "Can load, unload and reload models")]
 
     def __str__(self) -> str:
         return self.model_id

@@ -205,6 +205,21 @@ class StaffView(APIView):
     permission_classes = [IsStaff]
 
 
+class CanManageEngine(IsStaff):
+    """Staff holding inference.manage_engine: loading and unloading affect every tenant."""
+
+    message = "Loading and unloading models needs the inference.manage_engine permission."
+
+    def has_permission(self, request, view) -> bool:
+        return super().has_permission(request, view) and request.user.user.has_perm(
+            "inference.manage_engine"
+        )
+
+
+class EngineView(StaffView):
+    permission_classes = [CanManageEngine]
+
+
 def _model(model_id: str) -> LLMModel:
     # Operators see every row, enabled or not, whatever the tenants' lists say.
     model = LLMModel.objects.filter(model_id=model_id).first()
@@ -243,7 +258,7 @@ LOAD_RESPONSES = {
 }
 
 
-class ModelLoadView(StaffView):
+class ModelLoadView(EngineView):
     @extend_schema(
         operation_id="loadModel",
         tags=TAGS,
@@ -260,7 +275,7 @@ class ModelLoadView(StaffView):
         return _state_response(model, state)
 
 
-class ModelReloadView(StaffView):
+class ModelReloadView(EngineView):
     @extend_schema(
         operation_id="reloadModel",
         tags=TAGS,
@@ -279,7 +294,7 @@ class ModelReloadView(StaffView):
         return _state_response(model, state)
 
 
-class ModelUnloadView(StaffView):
+class ModelUnloadView(EngineView):
     @extend_schema(
         operation_id="unloadModel",
         tags=TAGS,

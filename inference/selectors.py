@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from django.db.models import Exists, Q
-
 from accounts.models import ApiKey, Tenant
 from inference.models import LLMModel, LLMModelQuerySet
 from llmsite.errors import ModelNotFound
@@ -12,18 +10,14 @@ from llmsite.errors import ModelNotFound
 def model_queryset(*, tenant: Tenant, api_key: ApiKey | None = None) -> LLMModelQuerySet:
     """Enabled models the caller may use: the tenant's allow-list, narrowed by the key's.
 
-    An empty allow-list means no restriction at that level.
+    A level is unrestricted only when its `all_models` flag is on; otherwise an
+    empty list means no model (a list emptied by a cascade fails closed).
     """
-    # One query: each allow-list applies only when it has entries.
-    tenant_list = Tenant.allowed_models.through.objects.filter(tenant_id=tenant.pk)
-    qs = (
-        LLMModel.objects.enabled()
-        .select_related("price")
-        .filter(Q(allowed_tenants=tenant) | ~Exists(tenant_list))
-    )
-    if api_key is not None:
-        key_list = ApiKey.allowed_models.through.objects.filter(apikey_id=api_key.pk)
-        qs = qs.filter(Q(allowed_keys=api_key) | ~Exists(key_list))
+    qs = LLMModel.objects.enabled().select_related("price")
+    if not tenant.all_models:
+        qs = qs.filter(allowed_tenants=tenant)
+    if api_key is not None and not api_key.all_models:
+        qs = qs.filter(allowed_keys=api_key)
     return qs.distinct()
 
 

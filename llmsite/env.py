@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import secrets
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -110,3 +113,29 @@ def redis_url(name: str, url: str) -> str:
     except ValueError:
         raise ConfigError(f"{name} has an invalid port in {url!r}") from None
     return url
+
+
+def secret_key_file(path: Path) -> str:
+    """The key kept in `path`, generated there on first use.
+
+    The key is written whole to a temporary file beside it and then linked into
+    place: link() fails when the name exists, so processes starting together
+    agree on one key, and the name never points at a partly written file.
+    """
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(prefix=".secret_key.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(50))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o600)
+            # FileExistsError: another process got there first; use its key.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise ConfigError(f"{path} holds no usable secret key; delete it to generate one")
+    return key

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 
 from llmsite import prometheus
-from llmsite.errors import RequestTooLarge, error_response
+from llmsite.errors import InvalidRequest, RequestTooLarge, error_response
 
 # What a client-chosen request id may be (X-Request-Id here; the WebSocket
 # consumer's request_id too): safe to echo in headers and logs.
@@ -49,6 +49,18 @@ def _too_large(request):
     return None
 
 
+def _nul_in_url(request):
+    """A 400 when the path or query string holds a NUL: PostgreSQL refuses it in any
+    lookup (a 500), and no id, slug or name here has one. Bodies: llmsite.parsers."""
+    if "\x00" in request.path or any(
+        "\x00" in item for pair in request.GET.lists() for item in (pair[0], *pair[1])
+    ):
+        return error_response(
+            InvalidRequest("The URL may not contain NUL (%00).", code="invalid_url")
+        )
+    return None
+
+
 def _finish(request, response, started: float):
     elapsed = time.perf_counter() - started
     response["x-request-id"] = request.request_id
@@ -78,11 +90,11 @@ class request_context:
             return self.__acall__(request)
         started = time.perf_counter()
         request.request_id = _request_id(request)
-        response = _too_large(request) or self.get_response(request)
+        response = _too_large(request) or _nul_in_url(request) or self.get_response(request)
         return _finish(request, response, started)
 
     async def __acall__(self, request):
         started = time.perf_counter()
         request.request_id = _request_id(request)
-        response = _too_large(request) or await self.get_response(request)
+        response = _too_large(request) or _nul_in_url(request) or await self.get_response(request)
         return _finish(request, response, started)

@@ -1,10 +1,23 @@
 """llmsite settings: read from the environment, embedded defaults when nothing is set.
 
 Variables (all optional):
+  LLMSITE_ENV             development or production (development); production turns on
+                          secure cookies, HSTS, the proxy HTTPS header and SSL redirect,
+                          and needs LLMSITE_SECRET_KEY, LLMSITE_ALLOWED_HOSTS and
+                          LLMSITE_FIELD_KEY set, DEBUG off and no wildcard host
   LLMSITE_DATA_DIR        where the SQLite file, the assembled GGUF and the secret live (./var)
-  LLMSITE_SECRET_KEY      Django secret key (default: generated once into the data dir)
+  LLMSITE_SECRET_KEY      Django secret key (default: generated once into the data dir;
+                          required, 50+ characters, in production)
   LLMSITE_DEBUG           1/0 (0)
   LLMSITE_ALLOWED_HOSTS   comma list (127.0.0.1,localhost,[::1],testserver)
+  LLMSITE_FIELD_KEY       Fernet key(s), comma list, for secrets stored in the database
+                          (remote backend keys); the first encrypts. Default: derived
+                          from the secret key; required in production
+  LLMSITE_SSL_REDIRECT    production: redirect plain HTTP to HTTPS (1)
+  LLMSITE_HSTS_SECONDS    production: Strict-Transport-Security max-age (31536000)
+  LLMSITE_HSTS_SUBDOMAINS production: includeSubDomains (1)
+  LLMSITE_HSTS_PRELOAD    production: preload (0)
+  LLMSITE_CSRF_TRUSTED_ORIGINS  comma list of https://origins the admin is reached under
   DATABASE_URL            postgresql://user:pass@host:5432/db or sqlite:////path
   REDIS_URL               redis://host:6379/0 switches cache and channel layer to Redis
   LLMSITE_DEFAULT_MODEL   model id served when none is loaded explicitly (gemma-3-270m)
@@ -40,7 +53,6 @@ Variables (all optional):
 from __future__ import annotations
 
 import os
-import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -55,6 +67,7 @@ from llmsite.env import (
     env_path,
     env_str,
     redis_url,
+    secret_key_file,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -65,28 +78,82 @@ except OSError as exc:
     raise ConfigError(f"LLMSITE_DATA_DIR {DATA_DIR} cannot be created: {exc}") from exc
 
 
+# One switch for production: secure cookies, HSTS, the proxy's HTTPS header, and
+# start-up refuses development defaults (DEBUG, a generated secret, any host).
+LLMSITE_ENV = env_str("LLMSITE_ENV", "development").strip().lower()
+if LLMSITE_ENV not in {"development", "production"}:
+    raise ConfigError(f"LLMSITE_ENV must be development or production, got {LLMSITE_ENV!r}")
+PRODUCTION = LLMSITE_ENV == "production"
+
+
 def _secret_key() -> str:
     key = env_str("LLMSITE_SECRET_KEY").strip()
     if key:
-        if len(key) < 32:
-            raise ConfigError("LLMSITE_SECRET_KEY must be at least 32 characters")
+        # Django's deploy check wants 50 characters; development accepts 32.
+        minimum = 50 if PRODUCTION else 32
+        if len(key) < minimum or len(set(key)) < 5:
+            raise ConfigError(f"LLMSITE_SECRET_KEY must be at least {minimum} varied characters")
         return key
-    path = DATA_DIR / "secret_key"
-    if not path.exists():
-        # O_EXCL: two processes starting together agree on one key.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(50))
-    return path.read_text().strip()
+    if PRODUCTION:
+        raise ConfigError("LLMSITE_ENV=production needs LLMSITE_SECRET_KEY (50+ characters)")
+    return secret_key_file(DATA_DIR / "secret_key")
 
 
 SECRET_KEY = _secret_key()
 DEBUG = env_bool("LLMSITE_DEBUG", False)
 ALLOWED_HOSTS = env_list("LLMSITE_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+if PRODUCTION:
+    if DEBUG:
+        raise ConfigError("LLMSITE_DEBUG must be off when LLMSITE_ENV=production")
+    if not env_str("LLMSITE_ALLOWED_HOSTS").strip():
+        raise ConfigError("LLMSITE_ENV=production needs LLMSITE_ALLOWED_HOSTS (the served names)")
+    if any(host == "*" or host.startswith("*") for host in ALLOWED_HOSTS):
+        raise ConfigError("LLMSITE_ALLOWED_HOSTS may not hold a wildcard in production")
+    # TLS ends at the proxy in front of daphne, which must set (and overwrite)
+    # X-Forwarded-Proto; plain-HTTP probes of /health, /ready, /metrics stay plain.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("LLMSITE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("LLMSITE_HSTS_SECONDS", 31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("LLMSITE_HSTS_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("LLMSITE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading is a commitment for the whole domain, opted into explicitly.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+    CSRF_TRUSTED_ORIGINS = env_list("LLMSITE_CSRF_TRUSTED_ORIGINS", [])
+
+
+def _field_keys() -> list[str]:
+    """Fernet keys for fields encrypted at rest (llmsite/fields.py); first one encrypts."""
+    import base64
+    import hashlib
+
+    from cryptography.fernet import Fernet
+
+    raw = env_list("LLMSITE_FIELD_KEY", [])
+    if not raw:
+        if PRODUCTION:
+            raise ConfigError(
+                "LLMSITE_ENV=production needs LLMSITE_FIELD_KEY (a Fernet key: "
+                'python -c "from cryptography.fernet import Fernet; '
+                'print(Fernet.generate_key().decode())")'
+            )
+        # Development: derived from the secret key, so it lives and dies with it.
+        digest = hashlib.sha256(b"llmsite-field-key:" + SECRET_KEY.encode()).digest()
+        return [base64.urlsafe_b64encode(digest).decode()]
+    for key in raw:
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ConfigError(
+                "LLMSITE_FIELD_KEY must be comma-separated Fernet keys (32 url-safe base64 bytes)"
+            ) from None
+    return raw
+
+
+LLMSITE_FIELD_KEYS = _field_keys()
 
 INSTALLED_APPS = [
     "daphne",
@@ -219,7 +286,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["llmsite.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "llmsite.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -15,6 +15,8 @@ urlpatterns = [
     path("api/", include("billing.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # Throttled like /api/auth/token/; ahead of admin.site.urls, which has the same path.
+    path("admin/", include("accounts.admin_urls")),
     path("admin/", admin.site.urls),
 ]
 

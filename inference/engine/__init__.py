@@ -7,11 +7,12 @@ one `llama_decode` per step, each request on its own llama.cpp sequence id
 between steps; their prompts are prefilled in chunks alongside the other
 sequences' next tokens. Requests beyond `n_parallel` wait in a queue; a
 free sequence goes to the owner (tenant) running the fewest. Embedding
-requests run one batch per step, between decode steps. A finished sequence's cells stay behind as a prefix cache entry (bounded,
-LRU) that a later prompt with the same beginning copies instead of
-evaluating again. Async code iterates a handle with `async for`; sync code
-with `for`. Cancelling a handle makes the engine drop the request at its next
-step and free its sequence.
+requests run one batch per step, between decode steps. A finished
+sequence's cells stay behind as a prefix cache entry (bounded, LRU) that a
+later prompt with the same beginning copies instead of evaluating again.
+Async code iterates a handle with `async for`; sync code with `for`.
+Cancelling a handle makes the engine drop the request at its next step and
+free its sequence.
 
 Nothing outside this package knows how many sequences are decoded at once.
 

@@ -36,7 +36,9 @@ def caller(kind: str, people, tenant) -> APIClient:
         )
         return key_client(raw)
     if kind == "manage_key":
-        return key_client(api_key_issue(tenant=tenant, scopes=["keys:manage"])[1])
+        # With `inference` too: a key grants no scope it lacks (the new key's default).
+        scopes = ["keys:manage", "inference"]
+        return key_client(api_key_issue(tenant=tenant, scopes=scopes)[1])
     if kind == "inference_key":
         return key_client(api_key_issue(tenant=tenant, scopes=["inference"])[1])
     raise AssertionError(kind)

@@ -26,7 +26,11 @@ def bearer(user) -> APIClient:
 
 @pytest.fixture
 def staff():
-    return get_user_model().objects.create_user(username="ops", password="x", is_staff=True)
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(username="ops", password="x", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="manage_engine"))
+    return user
 
 
 @pytest.fixture
