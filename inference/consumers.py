@@ -33,12 +33,14 @@ import uuid
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from rest_framework.exceptions import ParseError
 
 from accounts.authentication import principal_check_inference, principal_from_token
 from inference import services
 from inference.services import Accounted, StreamError
 from llmsite.errors import APIError, InvalidRequest, RateLimited, internal_error
 from llmsite.middleware import REQUEST_ID as _REQUEST_ID
+from llmsite.parsers import check_json_value
 
 logger = logging.getLogger("llmsite.inference")
 
@@ -86,6 +88,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        # The same guards as the REST parser: bounded nesting, no NUL (which the
+        # database cannot store in a usage record), and a bad message is an error
+        # event, never a dead consumer.
+        try:
+            if text_data is None:
+                raise ValueError("binary frames are not part of the protocol")
+            content = await self.decode_json(text_data)
+            check_json_value(content)
+        except (ValueError, RecursionError, ParseError) as exc:
+            await self._error(
+                None,
+                InvalidRequest(f"Invalid message: {exc}", param="message", code="invalid_json"),
+            )
+            return
+        await self.receive_json(content)
 
     async def receive_json(self, content, **kwargs) -> None:
         kind = content.get("type") if isinstance(content, dict) else None

@@ -450,8 +450,14 @@ def _envelope(meta: dict, obj: str) -> dict:
     }
 
 
+def _owner(acct: Accounting) -> str:
+    return str(acct.principal.tenant.pk)
+
+
 async def _text_attempt(spec: _Text, data: dict, acct: Accounting, attempt: _Attempt):
-    gen = await attempt.backend.prepare(GenerateRequest(kind=spec.kind, data=data))
+    gen = await attempt.backend.prepare(
+        GenerateRequest(kind=spec.kind, data=data, owner=_owner(acct))
+    )
     acct.prompt_tokens = gen.prompt_tokens
     await _reserve(acct, attempt.model, gen.reserve_tokens)
     await gen.start(attempt.timeout)
@@ -710,7 +716,7 @@ def _b64(vector: list[float]) -> str:
 
 
 async def _embedding_attempt(data: dict, acct: Accounting, attempt: _Attempt):
-    job = await attempt.backend.embed(data)
+    job = await attempt.backend.embed(data, owner=_owner(acct))
     acct.prompt_tokens = job.prompt_tokens
     await _reserve(acct, attempt.model, 0)
     result = await job.run()

@@ -26,6 +26,8 @@ Variables (all optional):
   LLMSITE_MAX_BODY_BYTES  largest accepted request body (4 MiB)
   LLMSITE_LOAD_TIMEOUT    seconds a request waits for its model to load before a 503 (30)
   LLMSITE_MAX_QUEUE       jobs waiting on one engine before new requests get a 503 (64)
+  LLMSITE_TENANT_QUEUE_SHARE  one tenant's jobs queued or running on one engine before
+                          its new requests get a 429 (half of LLMSITE_MAX_QUEUE)
   LLMSITE_MAX_PROMPT_CHARS  characters of prompt a local model tokenizes for one request;
                           past it a 400 context_length_exceeded (0: 16 per token of n_ctx)
   LLMSITE_EMBEDDINGS_MAX_TOKENS  tokens of input in one embeddings request (65536)
@@ -328,6 +330,11 @@ LLMSITE_PRELOAD = env_bool("LLMSITE_PRELOAD", False)
 LLMSITE_N_THREADS = env_int("LLMSITE_N_THREADS", os.cpu_count() or 1, minimum=1)
 LLMSITE_LOAD_TIMEOUT = env_int("LLMSITE_LOAD_TIMEOUT", 30, minimum=1)
 LLMSITE_MAX_QUEUE = env_int("LLMSITE_MAX_QUEUE", 64, minimum=0)
+# One tenant's jobs queued or running on one engine, at most (the rest of the
+# queue stays for the others).
+LLMSITE_TENANT_QUEUE_SHARE = env_int(
+    "LLMSITE_TENANT_QUEUE_SHARE", max(1, LLMSITE_MAX_QUEUE // 2), minimum=1
+)
 LLMSITE_MAX_PROMPT_CHARS = env_int("LLMSITE_MAX_PROMPT_CHARS", 0, minimum=0)
 LLMSITE_EMBEDDINGS_MAX_TOKENS = env_int("LLMSITE_EMBEDDINGS_MAX_TOKENS", 65536, minimum=1)
 # Quota counters: "auto" uses Redis when REDIS_URL is set, else database row locks.

@@ -58,6 +58,7 @@ Event = TextDelta | Finish | Usage
 class GenerateRequest:
     kind: str  # "completions" or "chat/completions"
     data: dict  # the validated body
+    owner: str | None = None  # the tenant, for its fair share of a local engine
 
 
 class Generation(Protocol):
@@ -103,6 +104,6 @@ class Backend(Protocol):
 
     async def prepare(self, request: GenerateRequest) -> Generation: ...
 
-    async def embed(self, data: dict) -> EmbeddingJob: ...
+    async def embed(self, data: dict, *, owner: str | None = None) -> EmbeddingJob: ...
 
     async def tokenize(self, text: str) -> list[int]: ...

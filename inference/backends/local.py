@@ -23,17 +23,20 @@ from inference.engine import (
     EmbeddingResult,
     EngineClosed,
     Finished,
+    GrammarError,
     LlamaEngine,
     ModelLoadError,
     SamplingParams,
 )
 from inference.engine import TextDelta as EngineDelta
+from inference.grammar import json_schema_grammar
 from inference.models import LLMModel
 from inference.registry import MemoryBudgetExceeded, registry
 from llmsite.errors import (
     ContextLengthExceeded,
     InvalidRequest,
     ModelUnavailable,
+    RateLimited,
     ServiceUnavailable,
     internal_error,
 )
@@ -80,7 +83,7 @@ async def local_engine(model: LLMModel) -> LlamaEngine:
     return engine
 
 
-def check_capacity(engine: LlamaEngine, jobs: int) -> None:
+def check_capacity(engine: LlamaEngine, jobs: int, owner: str | None = None) -> None:
     # Refuse up front rather than queue without bound: a 503 with Retry-After
     # lets a client (or a load balancer) go elsewhere now.
     if engine.queue_depth + jobs > settings.LLMSITE_MAX_QUEUE:
@@ -89,10 +92,23 @@ def check_capacity(engine: LlamaEngine, jobs: int) -> None:
             code="model_overloaded",
             headers={"Retry-After": "2"},
         )
+    # One tenant may not fill the engine: past its share, its own requests wait
+    # their turn (a 429), and the others still find room.
+    share = settings.LLMSITE_TENANT_QUEUE_SHARE
+    if owner is not None and engine.owner_load(owner) + jobs > share:
+        raise RateLimited(
+            f"Your tenant has {engine.owner_load(owner)} requests queued or running on "
+            f"`{engine.spec.model_id}`, its share of this model is {share}; retry shortly.",
+            code="tenant_queue_full",
+            headers={"Retry-After": "1"},
+        )
 
 
 async def _submit_all(
-    model: LLMModel, engine: LlamaEngine, jobs: list[tuple[list[int], SamplingParams]]
+    model: LLMModel,
+    engine: LlamaEngine,
+    jobs: list[tuple[list[int], SamplingParams]],
+    owner: str | None = None,
 ) -> list:
     """Queue every job on the model's engine. An engine unloaded meanwhile (an
     operator's unload or reload) is replaced by a fresh one, so the request
@@ -101,10 +117,14 @@ async def _submit_all(
     try:
         for tokens, params in jobs:
             try:
-                handles.append(engine.submit(tokens, params))
+                handles.append(engine.submit(tokens, params, owner=owner))
             except EngineClosed:
                 engine = await local_engine(model)
-                handles.append(engine.submit(tokens, params))
+                handles.append(engine.submit(tokens, params, owner=owner))
+    except GrammarError as exc:
+        for handle in handles:
+            handle.cancel()
+        raise _grammar_refused(exc) from exc
     except BaseException:
         for handle in handles:
             handle.cancel()
@@ -188,22 +208,32 @@ def _seed_for(seed: int | None, choice: int) -> int | None:
     return None if seed is None else (seed + choice) & 0xFFFFFFFF
 
 
-def _json_grammar(response_format: dict | None) -> str | None:
+def _grammar_refused(exc: GrammarError, param: str = "response_format") -> InvalidRequest:
+    return InvalidRequest(
+        f"The grammar built from `{param}` cannot be used: {exc}",
+        param=param,
+        code="invalid_value",
+    )
+
+
+def _json_grammar(engine: LlamaEngine, response_format: dict | None) -> str | None:
+    """The grammar for a JSON response format: the schema bounded before it is
+    converted (inference.grammar), the result checked the way the engine will
+    parse it, so a grammar llama.cpp would refuse is a 400 here. Runs in a
+    worker thread with the rest of the plan."""
     if not response_format or response_format["type"] == "text":
         return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+    from llama_cpp.llama_grammar import JSON_GBNF
 
     if response_format["type"] == "json_object":
         return JSON_GBNF
     schema = response_format["json_schema"].get("schema") or {}
+    grammar = json_schema_grammar(schema, param="response_format")
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:
-        raise InvalidRequest(
-            f"Invalid schema for response_format 'json_schema': {exc}",
-            param="response_format",
-            code="invalid_value",
-        ) from exc
+        engine.check_grammar(grammar)
+    except GrammarError as exc:
+        raise _grammar_refused(exc) from exc
+    return grammar
 
 
 def chat_prompt(engine: LlamaEngine, model: LLMModel, data: dict) -> tuple[list[int], tuple]:
@@ -270,7 +300,7 @@ def _plan_completion(engine: LlamaEngine, model: LLMModel, data: dict):
 def _plan_chat(engine: LlamaEngine, model: LLMModel, data: dict):
     tokens, format_stops = chat_prompt(engine, model, data)
     max_tokens = _max_tokens(model, len(tokens), data.get("max_tokens"), None, "messages")
-    grammar = _json_grammar(data.get("response_format"))
+    grammar = _json_grammar(engine, data.get("response_format"))
     logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
     bias = _logit_bias(engine, data["logit_bias"])
     jobs = []
@@ -301,11 +331,14 @@ class LocalGeneration:
     reserve_tokens: int
     prompt_texts: list[str] | None
     n: int
+    owner: str | None = None
     handles: list = field(default_factory=list)
     _peeked: list = field(default_factory=list)
 
     async def start(self, timeout: float | None) -> None:
-        self.handles = await _submit_all(self.backend.model, self.engine, self.jobs)
+        self.handles = await _submit_all(
+            self.backend.model, self.engine, self.jobs, owner=self.owner
+        )
         # Peek with an iterator of its own: the rest may be read from another
         # event loop (Django's test client does that), and a handle iterator
         # waits on the loop it started in.
@@ -354,13 +387,14 @@ class LocalEmbeddingJob:
     engine: LlamaEngine
     inputs: list[list[int]]
     prompt_tokens: int
+    owner: str | None = None
 
     async def run(self) -> Embeddings:
         try:
-            handle = self.engine.submit_embeddings(self.inputs)
+            handle = self.engine.submit_embeddings(self.inputs, owner=self.owner)
         except EngineClosed:
             engine = await local_engine(self.backend.model)
-            handle = engine.submit_embeddings(self.inputs)
+            handle = engine.submit_embeddings(self.inputs, owner=self.owner)
         result = None
         try:
             async for event in handle:
@@ -411,7 +445,7 @@ class LocalBackend:
         jobs, prompt_tokens, reserve, texts = await sync_to_async(plan, thread_sensitive=False)(
             engine, self.model, request.data
         )
-        check_capacity(engine, len(jobs))
+        check_capacity(engine, len(jobs), request.owner)
         return LocalGeneration(
             backend=self,
             engine=engine,
@@ -420,16 +454,17 @@ class LocalBackend:
             reserve_tokens=reserve,
             prompt_texts=texts,
             n=request.data["n"],
+            owner=request.owner,
         )
 
-    async def embed(self, data: dict) -> LocalEmbeddingJob:
+    async def embed(self, data: dict, *, owner: str | None = None) -> LocalEmbeddingJob:
         check_prompt_chars(self.model, data["input"], "input")
         engine = await local_engine(self.model)
         inputs = await sync_to_async(_embedding_inputs, thread_sensitive=False)(
             engine, self.model, data
         )
-        check_capacity(engine, 1)
-        return LocalEmbeddingJob(self, engine, inputs, sum(len(t) for t in inputs))
+        check_capacity(engine, 1, owner)
+        return LocalEmbeddingJob(self, engine, inputs, sum(len(t) for t in inputs), owner)
 
     async def tokenize(self, text: str) -> list[int]:
         engine = await local_engine(self.model)

@@ -79,7 +79,7 @@ class RemoteBackend:
             n=n,
         )
 
-    async def embed(self, data: dict) -> RemoteEmbeddingJob:
+    async def embed(self, data: dict, *, owner: str | None = None) -> RemoteEmbeddingJob:
         return RemoteEmbeddingJob(self, data, estimate_prompt_tokens(data))
 
     async def tokenize(self, text: str) -> list[int]:

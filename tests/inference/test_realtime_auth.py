@@ -96,3 +96,17 @@ async def test_a_socket_that_never_authenticates_is_closed(settings):
     assert event["type"] == "error"
     assert event["error"]["code"] == "auth_timeout"
     assert (await comm.receive_output(timeout=10)) == {"type": "websocket.close", "code": 4401}
+
+
+async def test_a_message_with_nul_or_deep_nesting_is_an_error_event_and_the_socket_stays(ws_key):
+    _, raw = ws_key
+    comm = await _authed(raw)
+    await comm.send_to(text_data='{"type": "chat.completion.create", "request_id": "a\\u0000"}')
+    assert (await comm.receive_json_from(timeout=10))["error"]["code"] == "invalid_json"
+    await comm.send_to(text_data="[" * 100000 + "]" * 100000)
+    assert (await comm.receive_json_from(timeout=10))["error"]["code"] == "invalid_json"
+    await comm.send_to(text_data="not json")
+    assert (await comm.receive_json_from(timeout=10))["error"]["code"] == "invalid_json"
+    await comm.send_json_to({"type": "ping"})
+    assert (await comm.receive_json_from(timeout=10)) == {"type": "pong"}
+    await comm.disconnect()
