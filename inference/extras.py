@@ -204,7 +204,8 @@ async def batch_run(*, principal: Principal, data: dict, request_id: str) -> Fan
             except BaseException as exc:  # cancelled: the client left
                 await _settle(acct, exc)
                 raise
-        return {**entry, "status_code": 200, "response": response}
+        latency_ms = int((time.monotonic() - acct.started) * 1000)
+        return {**entry, "status_code": 200, "latency_ms": latency_ms, "response": response}
 
     entries = await asyncio.gather(*(run(index, raw) for index, raw in enumerate(items)))
     return FanOut(

@@ -10,6 +10,7 @@ from django.shortcuts import render
 
 from inference.registry import registry
 from llmsite.errors import NotFound, ServiceUnavailable, error_response, internal_error
+from llmsite.health import health_report
 
 
 def playground(request):
@@ -18,7 +19,7 @@ def playground(request):
 
 
 async def health(request):
-    return JsonResponse({"status": "ok"})
+    return JsonResponse(health_report())
 
 
 def _database_ok() -> bool:
