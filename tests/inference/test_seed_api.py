@@ -104,6 +104,18 @@ def test_a_streamed_completion_without_model_reads_as_the_client_reads_it(client
     assert record.model_id == MODEL and record.completion_tokens == 3
 
 
+def test_a_streamed_chat_without_model_names_the_model_that_answered(client):
+    body = {**chat_body([{"role": "user", "content": "Hi"}], max_tokens=2), "stream": True}
+    r = post(client, "/v1/chat/completions", body)
+    assert r.status_code == 200
+    events = [e for e in read_stream(r).split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert {chunk["model"] for chunk in chunks} == {MODEL}
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert UsageRecord.objects.get(request_id="seed-1").model_id == MODEL
+
+
 def test_a_completion_without_model_or_prompt_is_a_400_naming_prompt(client):
     assert_error(post(client, "/v1/completions", {"max_tokens": 2}), 400, param="prompt")
 
