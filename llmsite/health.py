@@ -8,6 +8,7 @@ because a source did. Nothing sensitive goes in: the endpoint needs no key.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ HealthSource = Callable[[], Mapping[str, Any]]
 _sources: list[HealthSource] = []
 
 
+@functools.cache
 def _version() -> str:
     try:
         return importlib.metadata.version("llmsite")
