@@ -70,15 +70,20 @@ def _is_llmsite_item(item: Any) -> bool:
 
 
 def _is_seed_item(item: Any) -> bool:
-    return isinstance(item, dict) and not _is_llmsite_item(item)
+    return (
+        isinstance(item, dict)
+        and not _is_llmsite_item(item)
+        and ("prompt" in item or "messages" in item)
+    )
 
 
 def batch_form(items: Any) -> str:
-    """ "seed", "llmsite" or "mixed": which form a batch's `requests` are in.
+    """Which form a batch's `requests` are in: "seed", "llmsite" or "mixed".
 
-    An item with `url` or `body` is llmsite's; any other object is the seed's.
-    A batch is the seed's when it has seed items and no llmsite ones (items
-    that are not objects fail alone either way).
+    An item with `url` or `body` is llmsite's; one with `prompt` or `messages`
+    (and neither of those) is the seed's. A batch is the seed's when it has
+    seed items and no llmsite ones. Other items (not objects, or objects with
+    neither form's fields) fail alone in whichever form the batch is.
     """
     if not isinstance(items, list):
         return "llmsite"
