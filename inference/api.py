@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -11,7 +12,7 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from accounts.authentication import CanInfer
-from inference import extras, services
+from inference import extras, seed_api, services
 from inference.serializers import (
     AnalyzeRequestSerializer,
     BatchRequestSerializer,
@@ -88,14 +89,20 @@ class InferenceView(AsyncAPIView):
             ) from exc
 
     async def run(self, request, service):
-        return _respond(
-            await service(
-                principal=request.user,
-                body=await self.body(request),
-                request_id=request._request.request_id,
-                endpoint=self.endpoint,
-            )
+        result = await service(
+            principal=request.user,
+            body=await self.body(request),
+            request_id=request._request.request_id,
+            endpoint=self.endpoint,
         )
+        if isinstance(result, Completed):
+            result = replace(result, body=self.render(request, result.body))
+        return _respond(result)
+
+    def render(self, request, body: dict) -> dict:
+        """The answer's body as this endpoint's clients read it (a hook: the seed
+        system's forms of batch, compare and analyze add their names)."""
+        return body
 
 
 class ModelListView(InferenceView):
@@ -165,9 +172,13 @@ class CompletionView(InferenceView):
                     "max_tokens": 8,
                     "temperature": 0,
                 },
-            )
+            ),
+            *seed_api.COMPLETION_EXAMPLES,
         ],
-        description="Text completion. With `stream: true` the response is `text/event-stream`.",
+        description=(
+            "Text completion. With `stream: true` the response is `text/event-stream`. "
+            "Without `model` it is routed as `auto` (an llmsite extension)."
+        ),
     )
     async def post(self, request):
         return await self.run(request, services.completion_create)
@@ -190,9 +201,13 @@ class ChatCompletionView(InferenceView):
                     "messages": [{"role": "user", "content": "Say hello."}],
                     "max_tokens": 16,
                 },
-            )
+            ),
+            *seed_api.CHAT_EXAMPLES,
         ],
-        description="Chat completion. With `stream: true` the response is `text/event-stream`.",
+        description=(
+            "Chat completion. With `stream: true` the response is `text/event-stream`. "
+            "Without `model` it is routed as `auto` (an llmsite extension)."
+        ),
     )
     async def post(self, request):
         return await self.run(request, services.chat_completion_create)
@@ -264,18 +279,26 @@ class BatchView(FanOutView):
         tags=["Batch"],
         request=BatchRequestSerializer,
         responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 400: ERRORS[400]},
-        examples=[OpenApiExample("batch", request_only=True, value=BATCH_EXAMPLE)],
+        examples=[
+            OpenApiExample("batch", request_only=True, value=BATCH_EXAMPLE),
+            *seed_api.BATCH_EXAMPLES,
+        ],
         description=(
             "Up to `LLMSITE_BATCH_MAX` chat, completion or embedding requests in one call, run "
             "concurrently (at most `concurrency` at a time, and within the tenant's concurrency "
             "limit). Each item is its own request for quotas and billing: it succeeds "
             "(`status_code` 200 and `response`) or fails (`status_code` and an OpenAI `error`) "
             "on its own; an invalid item is that item's 400. `stream` is refused per item. "
-            "Results keep the request order; `totals` sums them."
+            "Results keep the request order; `totals` sums them. Items in LLM-Runner-Router's "
+            "form (`{prompt, max_tokens, temperature, ...}`, all of them) run as completions and "
+            'get its answer: `{object: "batch", results, total, successful, failed}`.'
         ),
     )
     async def post(self, request):
         return await super().post(request)
+
+    def render(self, request, body: dict) -> dict:
+        return seed_api.batch_to_seed(body) if seed_api.batch_is_seed(request.data) else body
 
 
 class CompareView(FanOutView):
@@ -297,17 +320,27 @@ class CompareView(FanOutView):
                     "max_tokens": 8,
                     "temperature": 0,
                 },
-            )
+            ),
+            *seed_api.COMPARE_EXAMPLES,
         ],
         description=(
             "One prompt (a completion) or one conversation (`messages`, a chat) on 2 to 8 "
             "models or aliases at once. Each entry gives the model asked, the model that "
             "answered, the text, `latency_ms`, `ttft_ms`, `usage` and `tokens_per_second`, or "
-            "an OpenAI `error` (404 for an unknown model). 200 whenever the body is valid."
+            "an OpenAI `error` (404 for an unknown model). 200 whenever the body is valid. A body "
+            "with `options` (LLM-Runner-Router's form: the sampling parameters for every model) "
+            'gets its answer: `{object: "comparison", prompt, models, results, request_id}`.'
         ),
     )
     async def post(self, request):
         return await super().post(request)
+
+    def render(self, request, body: dict) -> dict:
+        if not seed_api.compare_is_seed(request.data):
+            return body
+        return seed_api.compare_to_seed(
+            body, request=request.data, request_id=request._request.request_id
+        )
 
 
 class AnalyzeView(InferenceView):
@@ -323,13 +356,22 @@ class AnalyzeView(InferenceView):
                 "analyze",
                 request_only=True,
                 value={"text": "The service was quick and friendly.", "tasks": ["sentiment"]},
-            )
+            ),
+            *seed_api.ANALYZE_EXAMPLES,
         ],
         description=(
             "Sentiment (`label` positive/negative/neutral and `score` 0..1), `keywords` and a "
             "`summary` of a text, from one JSON-schema-constrained chat completion on the "
-            "router (`model` defaults to `auto`). The answer always parses."
+            "router (`model` defaults to `auto`). The answer always parses. `analysis_types` is "
+            "LLM-Runner-Router's name for `tasks`; every answer also carries its `text` (the "
+            "first 100 characters), `results` (`sentiment` the plain label, `sentiment_score` "
+            "beside it) and `request_id`."
         ),
     )
     async def post(self, request):
         return await self.run(request, services.analysis_create)
+
+    def render(self, request, body: dict) -> dict:
+        return seed_api.analysis_with_seed_fields(
+            body, text=request.data.get("text", ""), request_id=request._request.request_id
+        )

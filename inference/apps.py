@@ -16,3 +16,8 @@ class InferenceConfig(AppConfig):
         strategy = settings.LLMSITE_ROUTER_STRATEGY
         if strategy not in STRATEGIES:
             raise ConfigError(f"LLMSITE_ROUTER_STRATEGY: unknown strategy {strategy!r}")
+
+        from inference.seed_api import health_models
+        from llmsite.health import health_source_register
+
+        health_source_register(health_models)

@@ -190,7 +190,14 @@ async def batch_run(
         accounted.append(outcome.accounted)
         if outcome.error is not None:
             return _error_entry(entry, outcome.error)
-        return {**entry, "status_code": 200, "response": outcome.result.body}
+        done = outcome.accounted
+        latency_ms = int((done.ended - done.started) * 1000)
+        return {
+            **entry,
+            "status_code": 200,
+            "latency_ms": latency_ms,
+            "response": outcome.result.body,
+        }
 
     entries = await asyncio.gather(*(run(index, raw) for index, raw in enumerate(items)))
     return Completed(

@@ -26,7 +26,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import IsStaff, StaffJWTAuthentication, client_ip
-from inference import telemetry
+from inference import seed_api, telemetry
 from inference.model_admin import ModelState, model_load, model_reload, model_unload
 from inference.models import LLMModel
 from inference.registry import registry
@@ -188,6 +188,15 @@ class StatsSerializer(serializers.Serializer):
     http_errors = serializers.IntegerField(help_text="HTTP 5xx responses")
     models_loaded = serializers.IntegerField()
     models = ModelStatusSerializer(many=True, help_text="Every enabled model")
+    # LLM-Runner-Router's admin stats, under its names (see inference.seed_api).
+    server = serializers.DictField(
+        help_text="LLM-Runner-Router's `server`: uptime (s), requests, errors, "
+        "memory {rss, maxRss} (bytes), cpu {user, system} (microseconds)"
+    )
+    router = serializers.DictField(
+        help_text="LLM-Runner-Router's `router`: initialized, engine, strategy, modelsLoaded"
+    )
+    metrics = serializers.DictField(help_text="The request counters above, together")
 
 
 class LoadQuerySerializer(serializers.Serializer):
@@ -245,7 +254,10 @@ class StatsView(StaffView):
         description="Uptime, request totals and every enabled model, in this process.",
     )
     def get(self, request):
-        return Response(telemetry.operator_stats())
+        stats = telemetry.operator_stats()
+        return Response(
+            seed_api.stats_with_seed_fields(stats, strategy=settings.LLMSITE_ROUTER_STRATEGY)
+        )
 
 
 LOAD_RESPONSES = {

@@ -170,6 +170,15 @@ class Registry:
         with self._lock:
             return [mid for mid, engine in self._engines.items() if engine.is_ready]
 
+    def engine_states(self) -> dict[str, str]:
+        """Each engine's state ("loaded", "loading" or "failed"), without I/O."""
+        with self._lock:
+            engines = list(self._engines.items())
+        return {
+            mid: "failed" if e.load_error is not None else "loaded" if e.is_ready else "loading"
+            for mid, e in engines
+        }
+
     def idle_seconds(self, model_id: str) -> float | None:
         with self._lock:
             last = self._last_used.get(model_id)

@@ -7,9 +7,10 @@ unknown one gets OpenAI's "Unrecognized request argument" 400.
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
+from inference import seed_api
 from llmsite.errors import InvalidRequest, UnsupportedParameter
 
 MAX_PROMPTS = 32
@@ -19,6 +20,11 @@ MAX_STOP_LEN = 256
 MAX_MESSAGES = 512
 MAX_N = 8
 MAX_LOGIT_BIAS = 300
+
+# A completion or chat without `model` takes the caller's default route, exactly
+# as `"model": "auto"` does: an llmsite extension for the seed system's clients,
+# which send none. OpenAI's SDKs always send a model, so nothing changes for them.
+DEFAULT_ROUTE = "auto"
 
 # OpenAI parameters llmsite knows about but does not implement (yet).
 UNSUPPORTED = {
@@ -175,7 +181,7 @@ class StreamOptionsSerializer(StrictSerializer):
 
 
 class SamplingSerializer(StrictSerializer):
-    model = serializers.CharField(max_length=128)
+    model = serializers.CharField(max_length=128, required=False, default=DEFAULT_ROUTE)
     max_tokens = serializers.IntegerField(min_value=1, required=False, allow_null=True)
     temperature = serializers.FloatField(
         min_value=0, max_value=2, required=False, allow_null=True, default=1.0
@@ -415,7 +421,33 @@ class BatchItemSerializer(StrictSerializer):
         return attrs
 
 
-@extend_schema_field(BatchItemSerializer(many=True))
+class SeedBatchItemSerializer(serializers.Serializer):
+    """Schema only: a batch item in the seed system's (LLM-Runner-Router's) form.
+
+    Any other /v1/completions field may be added; with `messages` instead of
+    `prompt` the item is a chat. Validated as that request by the batch.
+    """
+
+    custom_id = serializers.CharField(max_length=128, required=False)
+    prompt = PromptField(max_items=MAX_PROMPTS, required=False)
+    messages = serializers.ListField(child=MessageSerializer(), required=False)
+    max_tokens = serializers.IntegerField(
+        min_value=1, required=False, default=seed_api.SEED_DEFAULTS["max_tokens"]
+    )
+    temperature = serializers.FloatField(
+        min_value=0, max_value=2, required=False, default=seed_api.SEED_DEFAULTS["temperature"]
+    )
+    model = serializers.CharField(max_length=128, required=False, default=DEFAULT_ROUTE)
+
+
+@extend_schema_field(
+    PolymorphicProxySerializer(
+        component_name="BatchItemEitherForm",
+        serializers=[BatchItemSerializer, SeedBatchItemSerializer],
+        resource_type_field_name=None,
+        many=True,
+    )
+)
 class BatchItemsField(serializers.ListField):
     """The items stay raw JSON here: each one is validated on its own, as its own request."""
 
@@ -430,16 +462,60 @@ class BatchItemsField(serializers.ListField):
             raise serializers.ValidationError(
                 f"at most {limit} requests are accepted in one batch, got {len(items)}"
             )
+        form = seed_api.batch_form(items)
+        if form == "mixed":
+            raise serializers.ValidationError(
+                "items are either all {url, body} (llmsite) or all {prompt, ...} "
+                "(LLM-Runner-Router), not both in one batch"
+            )
+        if form == "seed":
+            return [seed_api.batch_item_from_seed(item) for item in items]
         return items
 
 
 class BatchRequestSerializer(StrictSerializer):
-    """Up to LLMSITE_BATCH_MAX requests, run at most `concurrency` at a time."""
+    """Up to LLMSITE_BATCH_MAX requests, run at most `concurrency` at a time.
+
+    The items are llmsite's `{custom_id, url, body}` or, all of them, the seed
+    system's `{prompt, max_tokens, temperature, ...}`; those are validated as
+    /v1/completions items (see seed_api.batch_item_from_seed).
+    """
 
     requests = BatchItemsField(min_length=1)
     concurrency = serializers.IntegerField(
         min_value=1, required=False, allow_null=True, default=DEFAULT_BATCH_CONCURRENCY
     )
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": (
+            "LLM-Runner-Router's form: the sampling parameters for every model, under its "
+            "router's names (`maxTokens`, `topP`, `stopSequences`, `frequencyPenalty`, "
+            "`presencePenalty`) or OpenAI's. A body with `options` gets the seed's "
+            "`comparison` answer."
+        ),
+        "properties": {
+            "maxTokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "topP": {"type": "number", "minimum": 0, "maximum": 1},
+            "stopSequences": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+            "seed": {"type": "integer"},
+            "frequencyPenalty": {"type": "number", "minimum": -2, "maximum": 2},
+            "presencePenalty": {"type": "number", "minimum": -2, "maximum": 2},
+        },
+        "additionalProperties": True,
+    }
+)
+class SeedOptionsField(serializers.Field):
+    """Schema only: CompareRequestSerializer reads `options` before validating."""
+
+    def to_internal_value(self, data):
+        return data
+
+    def to_representation(self, value):
+        return value
 
 
 class CompareRequestSerializer(SamplingSerializer):
@@ -465,11 +541,34 @@ class CompareRequestSerializer(SamplingSerializer):
     messages = serializers.ListField(
         child=MessageSerializer(), min_length=1, max_length=MAX_MESSAGES, required=False
     )
+    # Read in to_internal_value; declared for the schema.
+    options = SeedOptionsField(required=False)
 
     def validate_models(self, value):
         if len(set(value)) != len(value):
             raise serializers.ValidationError("each model may be named only once")
         return value
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict) or "options" not in data:
+            return super().to_internal_value(data)
+        # The seed system's form: the sampling fields for every model in `options`,
+        # under its router's names or OpenAI's. They are checked as the same fields
+        # at the top level would be, and an error names the option as it was sent.
+        if "prompt" not in data and "messages" not in data:
+            raise InvalidRequest("`prompt` is required.", param="prompt", code="invalid_value")
+        data = dict(data)
+        sent = _seed_options(data.pop("options"), top_level=data)
+        data.update({field: value for field, (_, value) in sent.items()})
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if isinstance(exc.detail, dict):
+                exc.detail = {
+                    (f"options.{sent[key][0]}" if key in sent else key): value
+                    for key, value in exc.detail.items()
+                }
+            raise
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
@@ -482,8 +581,53 @@ class CompareRequestSerializer(SamplingSerializer):
         return attrs
 
 
+def _seed_options(options, *, top_level: dict) -> dict[str, tuple[str, object]]:
+    """A seed compare's `options` as {sampling field: (option name, value)}."""
+    if not isinstance(options, dict):
+        raise InvalidRequest(
+            "`options` must be an object of sampling parameters.",
+            param="options",
+            code="invalid_type",
+        )
+    out: dict[str, tuple[str, object]] = {}
+    for name, value in options.items():
+        param = f"options.{name}"
+        if name in seed_api.SEED_UNSUPPORTED_OPTIONS:
+            raise UnsupportedParameter(
+                f"The option `{name}` is not supported by this server.", param=param
+            )
+        field = seed_api.SEED_OPTION_FIELDS.get(name)
+        if field is None:
+            raise InvalidRequest(
+                f"Unrecognized option supplied: {name}", param=param, code="unknown_parameter"
+            )
+        if field in top_level or field in out:
+            raise InvalidRequest(
+                f"`{field}` is set twice; send it once, at the top level or in `options`.",
+                param=param,
+                code="invalid_value",
+            )
+        out[field] = (name, value)
+    return out
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/TasksEnum"},
+        "minItems": 1,
+        "description": "LLM-Runner-Router's name for `tasks`.",
+    }
+)
+class AnalysisTypesField(serializers.ListField):
+    """`tasks` under the seed's name; its schema reuses the tasks' enum (one name for one set)."""
+
+
 class AnalyzeRequestSerializer(StrictSerializer):
-    """A text to analyze, the tasks wanted (all by default) and the model or alias."""
+    """A text to analyze, the tasks wanted (all by default) and the model or alias.
+
+    `analysis_types` is the seed system's name for `tasks`.
+    """
 
     text = serializers.CharField(max_length=MAX_ANALYZE_CHARS, trim_whitespace=False)
     tasks = serializers.ListField(
@@ -492,8 +636,24 @@ class AnalyzeRequestSerializer(StrictSerializer):
         required=False,
         default=lambda: list(ANALYZE_TASKS),
     )
-    model = serializers.CharField(max_length=128, required=False, default="auto")
+    analysis_types = AnalysisTypesField(
+        child=serializers.ChoiceField(choices=list(ANALYZE_TASKS)), min_length=1, required=False
+    )
+    model = serializers.CharField(max_length=128, required=False, default=DEFAULT_ROUTE)
     user = serializers.CharField(max_length=256, required=False, allow_blank=True, default="")
+
+    def validate(self, attrs):
+        seed_types = attrs.pop("analysis_types", None)
+        if seed_types is not None:
+            if "tasks" in self.initial_data:
+                raise InvalidRequest(
+                    "Send either `tasks` or `analysis_types` (its LLM-Runner-Router name), "
+                    "not both.",
+                    param="analysis_types",
+                    code="invalid_value",
+                )
+            attrs["tasks"] = self.validate_tasks(seed_types)
+        return attrs
 
     def validate_text(self, value):
         if not value.strip():

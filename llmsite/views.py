@@ -6,6 +6,7 @@ from django.http import JsonResponse
 from django.shortcuts import render
 
 from llmsite.errors import NotFound, error_response, internal_error
+from llmsite.health import health_report
 
 
 def playground(request):
@@ -14,7 +15,7 @@ def playground(request):
 
 
 async def health(request):
-    return JsonResponse({"status": "ok"})
+    return JsonResponse(health_report())
 
 
 def not_found(request, exception=None):
