@@ -43,8 +43,6 @@ CLOSE_TAG = "</tool_call>"
 # grammar without a bound lets a looping model call until max_tokens.
 MAX_PARALLEL_CALLS = 8
 _ID_ALPHABET = string.ascii_letters + string.digits
-# The grammar rule that holds one call's JSON (the converted schema's root).
-_CALL_RULE = "tool_call_json"
 
 EMPTY_PARAMETERS: dict = {"type": "object", "properties": {}}
 
@@ -113,16 +111,49 @@ def call_schema(tool: ToolSpec) -> dict:
 def tool_call_schema(tools: list[ToolSpec], tool_choice: str | dict) -> dict | None:
     """The JSON Schema one forced call's JSON must match; None unless the choice forces one.
 
-    One tool (or a named one): its call schema. Several: `anyOf` over them.
+    `{"name": const, "arguments": <parameters>}`, under `anyOf` when several
+    tools may be called. Each tool's `parameters` also sits in the top-level
+    `$defs` (as `tool-<i>`) and its local `$ref`s are rewritten to point
+    there, so that refs written against the parameters' own root (`#`,
+    `#/$defs/...`, as pydantic emits them) still resolve once embedded.
     """
     if not is_forced(tool_choice):
         return None
     allowed = chosen_tools(tools, tool_choice)
     if not allowed:
         return None
-    if len(allowed) == 1:
-        return call_schema(allowed[0])
-    return {"anyOf": [call_schema(tool) for tool in allowed]}
+    defs: dict = {}
+    calls = []
+    for index, tool in enumerate(allowed):
+        base = f"#/$defs/tool-{index}"
+        parameters = _rebase_refs(tool.parameters, base)
+        if _has_refs(tool.parameters):
+            defs[f"tool-{index}"] = parameters
+        calls.append(call_schema(ToolSpec(tool.name, tool.description, parameters)))
+    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    if defs:
+        schema = {**schema, "$defs": defs}
+    return schema
+
+
+def _has_refs(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "$ref" in node or any(_has_refs(value) for value in node.values())
+    if isinstance(node, list):
+        return any(_has_refs(value) for value in node)
+    return False
+
+
+def _rebase_refs(node: Any, base: str) -> Any:
+    if isinstance(node, dict):
+        out = {key: _rebase_refs(value, base) for key, value in node.items()}
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            out["$ref"] = base + ref[1:]
+        return out
+    if isinstance(node, list):
+        return [_rebase_refs(value, base) for value in node]
+    return node
 
 
 def schema_gbnf(schema: dict) -> str:
@@ -153,21 +184,27 @@ def forced_grammar(
     """GBNF for a reply of `<tool_call>\\n{json}\\n</tool_call>` blocks; None unless forced.
 
     One block, or with `parallel` one to MAX_PARALLEL_CALLS blocks a newline
-    apart. The converted call schema is the sub-rule `tool-call-json`.
+    apart. The converted call schema's `root` becomes the sub-rule
+    `tool-call-json0` (or another free name).
     """
     schema = tool_call_schema(tools, tool_choice)
     if schema is None:
         return None
-    json_rules = _rename_rule(to_gbnf(schema), "root", _CALL_RULE)
-    block = f'"{_gbnf_literal(OPEN_TAG)}\\n" {_CALL_RULE} "\\n{_gbnf_literal(CLOSE_TAG)}"'
-    lines = [f"tool_call_block ::= {block}"]
+    json_rules = to_gbnf(schema)
+    # llama.cpp rule names are letters, digits and dashes: ours get a suffix
+    # that no rule of the converted schema uses.
+    taken = set(_GBNF_RULE.findall(json_rules))
+    suffix = 0
+    while {f"tool-call-block{suffix}", f"tool-call-json{suffix}"} & taken:
+        suffix += 1
+    block_rule, json_rule = f"tool-call-block{suffix}", f"tool-call-json{suffix}"
+    json_rules = _rename_rule(json_rules, "root", json_rule)
+    block = f'"{_gbnf_literal(OPEN_TAG)}\\n" {json_rule} "\\n{_gbnf_literal(CLOSE_TAG)}"'
     if parallel and MAX_PARALLEL_CALLS > 1:
-        lines.insert(
-            0, f'root ::= tool_call_block ("\\n" tool_call_block){{0,{MAX_PARALLEL_CALLS - 1}}}'
-        )
+        root = f'{block_rule} ("\\n" {block_rule}){{0,{MAX_PARALLEL_CALLS - 1}}}'
     else:
-        lines.insert(0, "root ::= tool_call_block")
-    return "\n".join(lines) + "\n" + json_rules
+        root = block_rule
+    return f"root ::= {root}\n{block_rule} ::= {block}\n{json_rules}"
 
 
 def _gbnf_literal(text: str) -> str:
@@ -176,6 +213,9 @@ def _gbnf_literal(text: str) -> str:
 
 # A rule name where it stands as a whole identifier, outside "..." and [...].
 _GBNF_TOKEN = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|[A-Za-z0-9_-]+|.', re.S)
+
+
+_GBNF_RULE = re.compile(r"^([A-Za-z0-9-]+)\s*::=", re.M)
 
 
 def _rename_rule(grammar: str, old: str, new: str) -> str:
