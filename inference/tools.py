@@ -119,7 +119,10 @@ def tool_call_schema(tools: list[ToolSpec], tool_choice: str | dict) -> dict | N
     """
     if not is_forced(tool_choice):
         return None
-    allowed = chosen_tools(tools, tool_choice)
+    return _calls_schema(chosen_tools(tools, tool_choice))
+
+
+def _calls_schema(allowed: list[ToolSpec]) -> dict | None:
     if not allowed:
         return None
     defs: dict = {}
@@ -190,6 +193,54 @@ def forced_grammar(
     schema = tool_call_schema(tools, tool_choice)
     if schema is None:
         return None
+    return _blocks_grammar(schema, parallel=parallel, to_gbnf=to_gbnf, bare=False)
+
+
+@dataclass(frozen=True)
+class LazyGrammar:
+    """A grammar that applies only once the reply starts a call (llama.cpp's lazy grammar).
+
+    Until a trigger fires, sampling is free; from the trigger on, the reply
+    is held to valid calls and nothing after them. `trigger_words` are
+    literal texts (`<tool_call>` is one special token in Qwen's vocabulary:
+    pass it as a trigger token where it tokenizes to one). Each of
+    `trigger_patterns` must match the whole reply so far (std::regex,
+    ECMAScript); the grammar is fed the text from its first group on. They
+    are anchored at the reply's start with no leading wildcard, because
+    llama.cpp rematches them against the whole reply after every token.
+    """
+
+    grammar: str
+    trigger_words: tuple[str, ...]
+    trigger_patterns: tuple[str, ...]
+
+
+def auto_grammar(
+    tools: list[ToolSpec],
+    tool_choice: str | dict,
+    *,
+    parallel: bool = True,
+    to_gbnf: Callable[[dict], str] = schema_gbnf,
+) -> LazyGrammar | None:
+    """For `"auto"`: a lazy grammar that keeps a started call valid; None otherwise.
+
+    Triggers: the `<tool_call>` tag anywhere, or a reply that opens with a
+    bare `{"name": "<declared tool>"` (the form this module's parser accepts
+    without tags). The grammar allows tagged blocks, or bare call objects a
+    newline apart, MAX_PARALLEL_CALLS at most (one without `parallel`).
+    """
+    if tool_choice != "auto" or not tools:
+        return None
+    schema = _calls_schema(list(tools))
+    grammar = _blocks_grammar(schema, parallel=parallel, to_gbnf=to_gbnf, bare=True)
+    names = "|".join(tool.name for tool in tools)  # [a-zA-Z0-9_-]: nothing to escape
+    bare = r'[\s]*(\{[\s]*"name"[\s]*:[\s]*"(?:' + names + r')")[\s\S]*'
+    return LazyGrammar(grammar=grammar, trigger_words=(OPEN_TAG,), trigger_patterns=(bare,))
+
+
+def _blocks_grammar(
+    schema: dict, *, parallel: bool, to_gbnf: Callable[[dict], str], bare: bool
+) -> str:
     json_rules = to_gbnf(schema)
     # llama.cpp rule names are letters, digits and dashes: ours get a suffix
     # that no rule of the converted schema uses.
@@ -200,10 +251,11 @@ def forced_grammar(
     block_rule, json_rule = f"tool-call-block{suffix}", f"tool-call-json{suffix}"
     json_rules = _rename_rule(json_rules, "root", json_rule)
     block = f'"{_gbnf_literal(OPEN_TAG)}\\n" {json_rule} "\\n{_gbnf_literal(CLOSE_TAG)}"'
-    if parallel and MAX_PARALLEL_CALLS > 1:
-        root = f'{block_rule} ("\\n" {block_rule}){{0,{MAX_PARALLEL_CALLS - 1}}}'
-    else:
-        root = block_rule
+    more = f"{{0,{MAX_PARALLEL_CALLS - 1}}}" if parallel and MAX_PARALLEL_CALLS > 1 else ""
+    root = f'{block_rule} ("\\n" {block_rule}){more}' if more else block_rule
+    if bare:
+        bare_calls = f'{json_rule} ("\\n" {json_rule}){more}' if more else json_rule
+        root = f"{root} | {bare_calls}"
     return f"root ::= {root}\n{block_rule} ::= {block}\n{json_rules}"
 
 

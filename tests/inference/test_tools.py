@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import jsonschema
 import llama_cpp.llama_cpp as llama_lib
@@ -12,6 +13,7 @@ from inference.serializers import MAX_TOOLS, ChatCompletionRequestSerializer
 from inference.tools import (
     MAX_PARALLEL_CALLS,
     ToolCallStream,
+    auto_grammar,
     chosen_tools,
     forced_grammar,
     parse_tool_calls,
@@ -345,6 +347,24 @@ def test_the_grammar_converter_can_be_swapped():
     assert seen == [tool_call_schema(TOOLS, "required")]
     assert 'tool-call-json0 ::= "{}"' in grammar
     assert compiles(grammar)
+
+
+def test_auto_choice_gets_a_lazy_grammar_triggered_by_a_call():
+    for choice in ("none", "required", {"type": "function", "function": {"name": "get_time"}}):
+        assert auto_grammar(TOOLS, choice) is None
+    assert auto_grammar([], "auto") is None
+    lazy = auto_grammar(TOOLS, "auto")
+    assert compiles(lazy.grammar)
+    assert lazy.trigger_words == ("<tool_call>",)
+    (pattern,) = lazy.trigger_patterns
+    # std::regex (ECMAScript) full match; Python's re reads this pattern the same way.
+    match = re.fullmatch(pattern, f"\n {PARIS}")
+    assert match and match.group(1) == '{"name": "get_weather"'
+    assert re.fullmatch(pattern, '{ "name" :"get_time"')
+    for text in ('{"name": "get_stock"', f"Sure: {PARIS}", '{"city": "Paris"}'):
+        assert not re.fullmatch(pattern, text)
+    single = auto_grammar(TOOLS, "auto", parallel=False).grammar
+    assert single.startswith("root ::= tool-call-block0 | tool-call-json0\n")
 
 
 def test_grammar_rule_names_avoid_the_schemas_own():
