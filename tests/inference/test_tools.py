@@ -578,3 +578,44 @@ def test_openai_sdk_stream_helpers_assemble_the_calls():
     got = [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls]
     assert got == [(c.id, c.name, c.arguments) for c in stream.calls]
     assert [json.loads(a) for _, _, a in got] == [{"city": "Paris"}, {}]
+
+
+# -- the real model ----------------------------------------------------------------------
+@pytest.mark.django_db
+def test_the_model_under_the_forced_grammar_makes_a_valid_call(gemma):
+    from inference.engine import Finished, SamplingParams, TextDelta
+    from inference.registry import registry
+
+    engine = registry.engine_for(gemma)
+    assert engine.wait_ready(60)
+    # Any model obeys a grammar: the base Gemma here knows nothing of tools.
+    city = {"type": "string", "maxLength": 12}
+    weather = {
+        **WEATHER["function"],
+        "parameters": {"type": "object", "properties": {"city": city}, "required": ["city"]},
+    }
+    tools = tool_specs([{"type": "function", "function": weather}, TIME])
+    # One call: the grammar checks Gemma's 262k-token vocabulary whenever a
+    # sampled token breaks it, which is slow on a CPU; and a base model, once
+    # allowed, repeats calls up to MAX_PARALLEL_CALLS.
+    choice = "required"
+    grammar = forced_grammar(tools, choice, parallel=False)
+    tokens = engine.tokenize("Use a tool to find the weather in Paris.\n")
+    params = SamplingParams(max_tokens=80, temperature=0.7, seed=7, grammar=grammar)
+    stream = tool_parser(tools, choice)
+    deltas, text, finished = [], "", None
+    for event in engine.submit(tokens, params):
+        if isinstance(event, TextDelta):
+            text += event.text
+            deltas.extend(stream.feed(event.text))
+        elif isinstance(event, Finished):
+            finished = event
+    deltas.extend(stream.finish())
+    assert finished.finish_reason == "stop", text
+    reply = parse_tool_calls(text, chosen_tools(tools, choice))
+    assert reply.content is None and reply.calls, text
+    assert calls_of(stream.result()) == calls_of(reply)
+    assert assemble(deltas) == ("", calls_of(reply))
+    by_name = {tool.name: tool for tool in tools}
+    for call in reply.calls:
+        jsonschema.validate(json.loads(call.arguments), by_name[call.name].parameters)
