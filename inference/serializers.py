@@ -305,6 +305,31 @@ def _tools_error(path: str, message: str) -> InvalidRequest:
     )
 
 
+# Keywords that move reference resolution somewhere neither the grammar
+# converter nor the validator would agree on.
+_UNSUPPORTED_KEYWORDS = {
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "$recursiveRef",
+    "$recursiveAnchor",
+    "$anchor",
+}
+
+
+def _resolves(schema, ref: str) -> bool:
+    """Whether a local `$ref` (a JSON pointer after '#') names a part of `schema`."""
+    node = schema
+    for token in ref[1:].split("/")[1:] if ref != "#" else ():
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return False
+    return ref == "#" or ref.startswith("#/")
+
+
 def _schema_size(schema, path: str) -> int:
     """The number of JSON nodes in a schema; a 400 when it nests too deep or grows too big."""
     nodes = 0
@@ -320,6 +345,12 @@ def _schema_size(schema, path: str) -> int:
             ref = node.get("$ref")
             if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
                 raise _tools_error(path, "only local `$ref`s (starting with '#') are allowed")
+            if ref is not None and not _resolves(schema, ref):
+                raise _tools_error(path, f"`$ref` {ref!r} points at nothing in the schema")
+            for key in _UNSUPPORTED_KEYWORDS.intersection(node):
+                raise _tools_error(path, f"the keyword `{key}` is not supported")
+            if node is not schema and "$id" in node:
+                raise _tools_error(path, "`$id` is only allowed at the schema's root")
             stack.extend((value, depth + 1) for value in node.values())
         elif isinstance(node, list):
             stack.extend((value, depth + 1) for value in node)

@@ -59,7 +59,12 @@ class ToolSpec:
     validator: Any = field(default=None, compare=False, repr=False)
 
     def accepts(self, arguments: Any) -> bool:
-        return isinstance(arguments, dict) and self.validator.is_valid(arguments)
+        if not isinstance(arguments, dict):
+            return False
+        try:
+            return self.validator.is_valid(arguments)
+        except Exception:  # a schema the validator cannot apply: the text is no call
+            return False
 
 
 def tool_spec(tool: dict) -> ToolSpec:

@@ -116,6 +116,22 @@ def bad_tool(**function):
             [bad_tool(parameters={"type": "object", "$ref": "https://example.com/s.json"})],
             "tools[0].function.parameters",
         ),
+        (
+            [bad_tool(parameters={"type": "object", "$ref": "#/$defs/missing"})],
+            "tools[0].function.parameters",
+        ),
+        (
+            [bad_tool(parameters={"type": "object", "$ref": "$defs/a", "$defs": {"a": {}}})],
+            "tools[0].function.parameters",
+        ),
+        (
+            [bad_tool(parameters={"type": "object", "$dynamicRef": "#node"})],
+            "tools[0].function.parameters",
+        ),
+        (
+            [bad_tool(parameters={"type": "object", "properties": {"a": {"$id": "x"}}})],
+            "tools[0].function.parameters",
+        ),
         ([TIME, bad_tool(name="g", parameters=None), bad_tool(name="")], "tools[2].function.name"),
         ([bad_tool(name=f"f{i}") for i in range(MAX_TOOLS + 1)], "tools"),
     ],
