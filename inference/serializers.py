@@ -665,16 +665,17 @@ class ChatCompletionRequestSerializer(SamplingSerializer):
 
     @staticmethod
     def _validate_tools(attrs) -> None:
-        """Defaults (`tools` [], `tool_choice` "auto" with tools else "none",
-        `parallel_tool_calls` true); the choice must name a declared tool, and a
-        tool message must answer a call of the assistant message before it.
+        """With tools: `tool_choice` defaults to "auto", `parallel_tool_calls` to
+        true. Without: the three stay None unless sent, so that nothing the
+        client did not send is forwarded to a remote backend (OpenAI refuses
+        `parallel_tool_calls` without tools). The choice must name a declared
+        tool, and a tool message must answer a call of the assistant message
+        before it. `inference.tools.tool_request` reads the result.
         """
-        tools = attrs.get("tools") or []
+        tools = attrs.get("tools") or None
         attrs["tools"] = tools
         choice = attrs.get("tool_choice")
-        if choice is None:
-            choice = "auto" if tools else "none"
-        if choice != "none" and not tools:
+        if choice not in (None, "none") and not tools:
             raise InvalidRequest(
                 "Invalid value for 'tool_choice': 'tool_choice' is only allowed when "
                 "'tools' are specified.",
@@ -690,9 +691,13 @@ class ChatCompletionRequestSerializer(SamplingSerializer):
                     param="tool_choice",
                     code="invalid_value",
                 )
-        attrs["tool_choice"] = choice
-        if attrs.get("parallel_tool_calls") is None:
-            attrs["parallel_tool_calls"] = True
+        if tools:
+            attrs["tool_choice"] = "auto" if choice is None else choice
+            if attrs.get("parallel_tool_calls") is None:
+                attrs["parallel_tool_calls"] = True
+        else:
+            attrs["tool_choice"] = choice
+            attrs["parallel_tool_calls"] = attrs.get("parallel_tool_calls")
         call_ids: set[str] = set()
         for index, message in enumerate(attrs["messages"]):
             if message["role"] == "tool":

@@ -628,6 +628,51 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
+# -- one request ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ToolRequest:
+    """A chat request's tool fields, read once: what the three sides of the request need.
+
+    - prompt: `template_tools` (the request's `tools`, or None) go to the chat
+      template with `template_messages(messages)`;
+    - sampling: `grammar()` for "required" or a named function, else
+      `lazy_grammar()` for "auto" where the engine supports lazy grammars;
+    - output: `parser()` per choice, fed every text delta, then `finish()`.
+    """
+
+    tools: list[ToolSpec]
+    choice: str | dict
+    parallel: bool
+    template_tools: list[dict] | None
+
+    @property
+    def forced(self) -> bool:
+        return bool(self.tools) and is_forced(self.choice)
+
+    def grammar(self, *, to_gbnf: Callable[[dict], str] = schema_gbnf) -> str | None:
+        return forced_grammar(self.tools, self.choice, parallel=self.parallel, to_gbnf=to_gbnf)
+
+    def lazy_grammar(self, *, to_gbnf: Callable[[dict], str] = schema_gbnf) -> LazyGrammar | None:
+        return auto_grammar(self.tools, self.choice, parallel=self.parallel, to_gbnf=to_gbnf)
+
+    def parser(self) -> ToolCallStream | None:
+        return tool_parser(self.tools, self.choice)
+
+
+def tool_request(data: dict) -> ToolRequest:
+    """The tool side of a validated chat request (`ChatCompletionRequestSerializer` data)."""
+    raw = data.get("tools") or None
+    tools = tool_specs(raw)
+    choice = data.get("tool_choice") or ("auto" if tools else "none")
+    parallel = data.get("parallel_tool_calls")
+    return ToolRequest(
+        tools=tools,
+        choice=choice if tools else "none",
+        parallel=True if parallel is None else bool(parallel),
+        template_tools=raw,
+    )
+
+
 # -- the response ------------------------------------------------------------------------
 def tool_parser(tools: list[ToolSpec], tool_choice: str | dict) -> ToolCallStream | None:
     """A fresh streamed parser for one choice; None when no call may be produced."""

@@ -22,6 +22,7 @@ from inference.tools import (
     template_messages,
     tool_call_schema,
     tool_parser,
+    tool_request,
     tool_specs,
 )
 from llmsite.errors import to_api_error
@@ -73,11 +74,37 @@ def test_tools_are_validated_and_normalized():
     assert data["parallel_tool_calls"] is False
 
 
-def test_without_tools_the_choice_is_none():
+def test_without_tools_nothing_is_added_to_forward_upstream():
     data = validate()
-    assert data["tools"] == []
-    assert data["tool_choice"] == "none"
-    assert data["parallel_tool_calls"] is True
+    assert data["tools"] is None
+    assert data["tool_choice"] is None
+    assert data["parallel_tool_calls"] is None
+    assert validate(tool_choice="none", tools=None)["tool_choice"] == "none"
+    request = tool_request(data)
+    assert (request.tools, request.choice, request.template_tools) == ([], "none", None)
+    assert request.grammar() is None and request.lazy_grammar() is None
+    assert request.parser() is None
+
+
+def test_tool_request_reads_the_validated_fields():
+    choice = {"type": "function", "function": {"name": "get_time"}}
+    data = validate(tools=[WEATHER, TIME], tool_choice=choice, parallel_tool_calls=False)
+    request = tool_request(data)
+    assert [tool.name for tool in request.tools] == ["get_weather", "get_time"]
+    assert request.template_tools == data["tools"]
+    assert request.forced and request.parallel is False
+    assert compiles(request.grammar())
+    assert request.lazy_grammar() is None
+    parser = request.parser()  # only the named tool's calls are calls
+    assert parser.feed(PARIS) == [{"content": PARIS}]
+    parser = request.parser()
+    assert parser.feed('{"name": "get_time"}') == []  # held: it could still be a call
+    assert parser.finish()[0]["tool_calls"][0]["function"]["name"] == "get_time"
+    auto = tool_request(validate(tools=[WEATHER, TIME]))
+    assert not auto.forced and auto.grammar() is None
+    assert compiles(auto.lazy_grammar().grammar)
+    none = tool_request(validate(tools=[WEATHER], tool_choice="none"))
+    assert none.parser() is None and none.template_tools == [WEATHER]
 
 
 def test_named_tool_choice_is_kept():
