@@ -7,9 +7,13 @@ them into:
 - a JSON Schema per call, `{"name": <const>, "arguments": <parameters>}`, and
   a GBNF grammar of Hermes `<tool_call>` blocks built on it, for
   `tool_choice` `"required"` or a named function (`forced_grammar`);
+- for `"auto"`, a lazy grammar (`auto_grammar`) that holds a call to its
+  schema once the reply starts one;
 - a parser of the model's text into content and `tool_calls`, whole
   (`parse_tool_calls`) or streamed (`ToolCallStream`), for `"auto"` and the
   forced choices alike. `"none"` parses nothing.
+
+The request path starts from `tool_request(validated_data)`.
 
 What counts as a call (Qwen 2.5's Hermes format, as its chat template teaches):
 
