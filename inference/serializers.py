@@ -7,6 +7,9 @@ unknown one gets OpenAI's "Unrecognized request argument" 400.
 
 from __future__ import annotations
 
+import json
+import re
+
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
@@ -20,6 +23,15 @@ MAX_STOP_LEN = 256
 MAX_MESSAGES = 512
 MAX_N = 8
 MAX_LOGIT_BIAS = 300
+MAX_TOOLS = 128
+MAX_TOOL_CALLS = 128  # in one assistant message
+# Bounds on one tool's `parameters` schema: grammars and validators are built
+# from it, and a huge or deeply nested one must be a 400, not a crash.
+MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_NODES = 4096
+MAX_SCHEMAS_NODES = 32768  # all tools together
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+TOOL_CHOICES = ("auto", "none", "required")
 
 # A completion or chat without `model` takes the caller's default route, exactly
 # as `"model": "auto"` does: an llmsite extension for the seed system's clients,
@@ -30,11 +42,8 @@ DEFAULT_ROUTE = "auto"
 UNSUPPORTED = {
     "best_of",
     "suffix",
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
-    "parallel_tool_calls",
     "audio",
     "modalities",
     "prediction",
@@ -296,23 +305,316 @@ class ContentField(serializers.Field):
         return value
 
 
+def _tools_error(path: str, message: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid value for '{path}': {message}", param="tools", code="invalid_value"
+    )
+
+
+# Keywords that move reference resolution somewhere neither the grammar
+# converter nor the validator would agree on.
+_UNSUPPORTED_KEYWORDS = {
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "$recursiveRef",
+    "$recursiveAnchor",
+    "$anchor",
+}
+
+
+def _resolves(schema, ref: str) -> bool:
+    """Whether a local `$ref` (a JSON pointer after '#') names a part of `schema`."""
+    node = schema
+    for token in ref[1:].split("/")[1:] if ref != "#" else ():
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return False
+    return ref == "#" or ref.startswith("#/")
+
+
+def _schema_size(schema, path: str) -> int:
+    """The number of JSON nodes in a schema; a 400 when it nests too deep or grows too big."""
+    nodes = 0
+    stack = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_SCHEMA_DEPTH:
+            raise _tools_error(path, f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+        if nodes > MAX_SCHEMA_NODES:
+            raise _tools_error(path, f"the schema has more than {MAX_SCHEMA_NODES} nodes")
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+                raise _tools_error(path, "only local `$ref`s (starting with '#') are allowed")
+            if ref is not None and not _resolves(schema, ref):
+                raise _tools_error(path, f"`$ref` {ref!r} points at nothing in the schema")
+            for key in _UNSUPPORTED_KEYWORDS.intersection(node):
+                raise _tools_error(path, f"the keyword `{key}` is not supported")
+            if node is not schema and "$id" in node:
+                raise _tools_error(path, "`$id` is only allowed at the schema's root")
+            stack.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node)
+    return nodes
+
+
+def _tool_parameters(value, path: str) -> dict:
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    if not isinstance(value, dict):
+        raise _tools_error(path, "must be a JSON Schema object")
+    kind = value.get("type", "object")
+    if kind != "object":
+        raise _tools_error(path, f"the schema must have type 'object', got {kind!r}")
+    try:
+        validator_for(value).check_schema(value)
+    except SchemaError as exc:
+        raise _tools_error(path, f"not a valid JSON Schema: {exc.message}") from None
+    return {"type": "object", **value}
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "maxItems": MAX_TOOLS,
+        "items": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["function"]},
+                "function": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "pattern": TOOL_NAME.pattern},
+                        "description": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "strict": {"type": "boolean", "nullable": True},
+                    },
+                    "required": ["name"],
+                },
+            },
+            "required": ["type", "function"],
+        },
+    }
+)
+class ToolsField(serializers.Field):
+    """OpenAI's `tools`: function declarations, normalized to plain dicts.
+
+    Every problem is a 400 with param `tools` whose message names the entry
+    (`tools[0].function.name`). `parameters` defaults to an empty object schema.
+    """
+
+    def to_internal_value(self, data):
+        if not isinstance(data, list):
+            raise _tools_error("tools", "must be an array of tools")
+        if not data:
+            raise _tools_error("tools", "must hold at least one tool")
+        if len(data) > MAX_TOOLS:
+            raise _tools_error("tools", f"at most {MAX_TOOLS} tools are accepted")
+        tools, names, nodes = [], set(), 0
+        for index, tool in enumerate(data):
+            path = f"tools[{index}]"
+            if not isinstance(tool, dict):
+                raise _tools_error(path, "must be an object")
+            for key in tool:
+                if key not in ("type", "function"):
+                    raise _tools_error(f"{path}.{key}", "unknown field")
+            if tool.get("type") != "function":
+                raise _tools_error(f"{path}.type", "must be 'function'")
+            function = tool.get("function")
+            if not isinstance(function, dict):
+                raise _tools_error(f"{path}.function", "must be an object")
+            for key in function:
+                if key not in ("name", "description", "parameters", "strict"):
+                    raise _tools_error(f"{path}.function.{key}", "unknown field")
+            name = function.get("name")
+            if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+                raise _tools_error(
+                    f"{path}.function.name",
+                    "must be 1 to 64 letters, digits, underscores or dashes",
+                )
+            if name in names:
+                raise _tools_error(f"{path}.function.name", f"the name {name!r} is repeated")
+            names.add(name)
+            normalized: dict = {"name": name}
+            description = function.get("description")
+            if description is not None:
+                if not isinstance(description, str):
+                    raise _tools_error(f"{path}.function.description", "must be a string")
+                normalized["description"] = description
+            parameters = function.get("parameters")
+            if parameters is None:
+                parameters = {"type": "object", "properties": {}}
+            nodes += _schema_size(parameters, f"{path}.function.parameters")
+            if nodes > MAX_SCHEMAS_NODES:
+                raise _tools_error(
+                    "tools", f"the tools' schemas have more than {MAX_SCHEMAS_NODES} nodes"
+                )
+            normalized["parameters"] = _tool_parameters(parameters, f"{path}.function.parameters")
+            strict = function.get("strict")
+            if strict is not None:
+                if not isinstance(strict, bool):
+                    raise _tools_error(f"{path}.function.strict", "must be a boolean")
+                normalized["strict"] = strict
+            tools.append({"type": "function", "function": normalized})
+        return tools
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "enum": list(TOOL_CHOICES)},
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": {
+                        "type": "object",
+                        "properties": {"name": {"type": "string"}},
+                        "required": ["name"],
+                    },
+                },
+                "required": ["type", "function"],
+            },
+        ]
+    }
+)
+class ToolChoiceField(serializers.Field):
+    """`"auto"`, `"none"`, `"required"`, or `{"type": "function", "function": {"name"}}`."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            if data not in TOOL_CHOICES:
+                raise serializers.ValidationError(
+                    f"must be one of {', '.join(TOOL_CHOICES)} or a function"
+                )
+            return data
+        if (
+            isinstance(data, dict)
+            and set(data) == {"type", "function"}
+            and data["type"] == "function"
+            and isinstance(data["function"], dict)
+            and set(data["function"]) == {"name"}
+            and isinstance(data["function"]["name"], str)
+        ):
+            return {"type": "function", "function": {"name": data["function"]["name"]}}
+        raise serializers.ValidationError(
+            'must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}'
+        )
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "maxItems": MAX_TOOL_CALLS,
+        "items": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "type": {"type": "string", "enum": ["function"]},
+                "function": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "arguments": {"type": "string"},
+                    },
+                    "required": ["name", "arguments"],
+                },
+            },
+            "required": ["id", "type", "function"],
+        },
+    }
+)
+class ToolCallsField(serializers.Field):
+    """An assistant message's earlier `tool_calls`, normalized; `arguments` stays JSON text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, list):
+            raise serializers.ValidationError("must be an array of tool calls")
+        if len(data) > MAX_TOOL_CALLS:
+            raise serializers.ValidationError(f"at most {MAX_TOOL_CALLS} tool calls are accepted")
+        calls = []
+        for index, call in enumerate(data):
+            function = call.get("function") if isinstance(call, dict) else None
+            if (
+                not isinstance(function, dict)
+                or not set(call) <= {"id", "type", "function"}
+                or call.get("type", "function") != "function"
+                or not isinstance(call.get("id"), str)
+                or not call["id"]
+                or len(call["id"]) > 256
+            ):
+                raise serializers.ValidationError(
+                    {index: 'must be {"id", "type": "function", "function": {"name", "arguments"}}'}
+                )
+            name, arguments = function.get("name"), function.get("arguments", "{}")
+            if not isinstance(name, str) or not name or len(name) > 64:
+                raise serializers.ValidationError({index: "function.name must be a tool's name"})
+            if isinstance(arguments, dict):  # an object is taken for its JSON text
+                arguments = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+            if not isinstance(arguments, str):
+                raise serializers.ValidationError({index: "function.arguments must be a string"})
+            calls.append(
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }
+            )
+        return calls
+
+    def to_representation(self, value):
+        return value
+
+
 class MessageSerializer(StrictSerializer):
-    ROLES = ("system", "developer", "user", "assistant")
+    ROLES = ("system", "developer", "user", "assistant", "tool")
 
     role = serializers.CharField()
-    content = ContentField()
+    content = ContentField(required=False, allow_null=True)
     name = serializers.CharField(max_length=64, required=False)
     refusal = serializers.CharField(required=False, allow_null=True)
+    tool_calls = ToolCallsField(required=False, allow_null=True)
+    tool_call_id = serializers.CharField(max_length=256, required=False)
 
     def validate_role(self, value):
-        if value in ("tool", "function"):
+        if value == "function":
             raise UnsupportedParameter(
-                f"Messages with role `{value}` are not supported (no tool calling yet).",
+                "Messages with role `function` (the deprecated `functions` API) are not "
+                "supported; use `tools` and messages with role `tool`.",
                 param="role",
             )
         if value not in self.ROLES:
             raise serializers.ValidationError(f"must be one of {', '.join(self.ROLES)}")
         return "system" if value == "developer" else value
+
+    def validate(self, attrs):
+        role = attrs["role"]
+        if not attrs.get("tool_calls"):
+            attrs.pop("tool_calls", None)
+        if role != "assistant" and "tool_calls" in attrs:
+            raise serializers.ValidationError({"tool_calls": "only assistant messages carry it"})
+        if role == "tool" and "tool_call_id" not in attrs:
+            raise serializers.ValidationError({"tool_call_id": "is required in a tool message"})
+        if role != "tool" and "tool_call_id" in attrs:
+            raise serializers.ValidationError({"tool_call_id": "only tool messages carry it"})
+        if attrs.get("content") is None:
+            if "tool_calls" not in attrs:
+                raise serializers.ValidationError({"content": "This field is required."})
+            # An assistant turn that only called tools: templates test content for truth.
+            attrs["content"] = ""
+        return attrs
 
 
 class JsonSchemaSerializer(StrictSerializer):
@@ -344,9 +646,13 @@ class ChatCompletionRequestSerializer(SamplingSerializer):
         min_value=0, max_value=20, required=False, allow_null=True
     )
     response_format = ResponseFormatSerializer(required=False, allow_null=True)
+    tools = ToolsField(required=False, allow_null=True)
+    tool_choice = ToolChoiceField(required=False, allow_null=True)
+    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
+        self._validate_tools(attrs)
         if attrs.get("max_completion_tokens") is not None:
             if attrs.get("max_tokens") is not None:
                 raise InvalidRequest(
@@ -362,6 +668,55 @@ class ChatCompletionRequestSerializer(SamplingSerializer):
                 code="invalid_value",
             )
         return attrs
+
+    @staticmethod
+    def _validate_tools(attrs) -> None:
+        """With tools: `tool_choice` defaults to "auto", `parallel_tool_calls` to
+        true. Without: the three stay None unless sent, so that nothing the
+        client did not send is forwarded to a remote backend (OpenAI refuses
+        `parallel_tool_calls` without tools). The choice must name a declared
+        tool, and a tool message must answer a call of the assistant message
+        before it. `inference.tools.tool_request` reads the result.
+        """
+        tools = attrs.get("tools") or None
+        attrs["tools"] = tools
+        choice = attrs.get("tool_choice")
+        if choice not in (None, "none") and not tools:
+            raise InvalidRequest(
+                "Invalid value for 'tool_choice': 'tool_choice' is only allowed when "
+                "'tools' are specified.",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        if isinstance(choice, dict):
+            name = choice["function"]["name"]
+            if name not in {tool["function"]["name"] for tool in tools}:
+                raise InvalidRequest(
+                    f"Invalid value for 'tool_choice': no tool named {name!r} is declared "
+                    "in 'tools'.",
+                    param="tool_choice",
+                    code="invalid_value",
+                )
+        if tools:
+            attrs["tool_choice"] = "auto" if choice is None else choice
+            if attrs.get("parallel_tool_calls") is None:
+                attrs["parallel_tool_calls"] = True
+        else:
+            attrs["tool_choice"] = choice
+            attrs["parallel_tool_calls"] = attrs.get("parallel_tool_calls")
+        call_ids: set[str] = set()
+        for index, message in enumerate(attrs["messages"]):
+            if message["role"] == "tool":
+                if message["tool_call_id"] not in call_ids:
+                    raise InvalidRequest(
+                        f"Invalid value for 'messages[{index}]': a message with role 'tool' "
+                        "must answer a call in the 'tool_calls' of the assistant message "
+                        "before it.",
+                        param="messages",
+                        code="invalid_value",
+                    )
+                continue
+            call_ids = {call["id"] for call in message.get("tool_calls") or ()}
 
 
 class EmbeddingRequestSerializer(StrictSerializer):
