@@ -15,7 +15,6 @@ import base64
 import contextlib
 import json
 import logging
-import re
 import struct
 import time
 import uuid
@@ -28,7 +27,7 @@ from django.conf import settings
 from accounts.authentication import Principal
 from billing.quota import prices_of
 from inference.accounting import Accounting
-from inference.chat_formats import CHAT_FORMATS, render_chat
+from inference.chat_templates import chat_prompt, format_prompt
 from inference.engine import (
     EmbeddingResult,
     EngineClosed,
@@ -625,8 +624,8 @@ async def chat_completion_create(
 
 async def _chat_local(model: LLMModel, data: dict, acct: Accounting, attempt: _Attempt):
     engine = await local_engine(model)
-    format_stops = CHAT_FORMATS[model.chat_format].stop
-    tokens = _tokenize_chat(engine, model.chat_format, data["messages"])
+    prompt = chat_prompt(engine, model, data["messages"], tools=data.get("tools"))
+    tokens = prompt.tokens
     max_tokens = _max_tokens(model, len(tokens), data.get("max_tokens"), None, "messages")
     acct.prompt_tokens = len(tokens)
     grammar = _json_grammar(data.get("response_format"))
@@ -641,7 +640,7 @@ async def _chat_local(model: LLMModel, data: dict, acct: Accounting, attempt: _A
             temperature=data["temperature"],
             top_p=data["top_p"],
             seed=_seed_for(data.get("seed"), c),
-            stop=tuple(data["stop"]) + format_stops,
+            stop=tuple(data["stop"]) + prompt.stop,
             presence_penalty=data["presence_penalty"],
             frequency_penalty=data["frequency_penalty"],
             logprobs=logprobs,
@@ -694,26 +693,8 @@ async def _chat_local(model: LLMModel, data: dict, acct: Accounting, attempt: _A
 
 
 def _tokenize_chat(engine: LlamaEngine, chat_format: str, messages: list[dict]) -> list[int]:
-    """Tokenize a chat so that only the template's own markers become control tokens.
-
-    The template is rendered with placeholders and tokenized with special=True;
-    each message's content is tokenized with special=False and spliced in, so a
-    user typing "<end_of_turn>" gets plain text, not a turn boundary.
-    """
-    shadow = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
-    template, _ = render_chat(chat_format, shadow)
-    tokens: list[int] = []
-    for position, piece in enumerate(_PLACEHOLDER.split(template)):
-        if not piece:
-            continue
-        is_content = position % 2 == 1
-        text = messages[int(piece)]["content"] if is_content else piece
-        if text:
-            tokens += engine.tokenize(text, add_bos=not tokens, special=not is_content)
-    return tokens
-
-
-_PLACEHOLDER = re.compile("\x00(\\d+)\x00")
+    """A chat in a named hand-written format (client text never becomes control tokens)."""
+    return format_prompt(engine, chat_format, messages).tokens
 
 
 # -- /v1/embeddings ---------------------------------------------------------------------

@@ -2,12 +2,15 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from inference import ops_api
+from inference import ops_api, tokenize_api
 from llmsite import views
 
 urlpatterns = [
     path("", views.playground, name="playground"),
     path("v1/", include("inference.urls")),
+    # llama-server and vLLM serve these at the root.
+    path("tokenize", tokenize_api.TokenizeView.as_view(), name="tokenize"),
+    path("detokenize", tokenize_api.DetokenizeView.as_view(), name="detokenize"),
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
     path("metrics", ops_api.MetricsView.as_view(), name="metrics"),
