@@ -159,8 +159,12 @@ def gguf_chat_info(path: Path) -> GGUFChatInfo:
 
 
 # -- the Jinja environment --------------------------------------------------------------
+class _TemplateRaised(jinja2.exceptions.TemplateError):
+    """The template called raise_exception(): it refuses this conversation."""
+
+
 def _raise_exception(message: str):
-    raise jinja2.exceptions.TemplateError(message)
+    raise _TemplateRaised(message)
 
 
 def _strftime_now(fmt: str) -> str:
@@ -217,9 +221,9 @@ def render_template(
             bos_token=bos_token,
             eos_token=eos_token,
         )
-    except jinja2.exceptions.TemplateError as exc:
-        # raise_exception() in the template: it refuses this conversation (e.g.
-        # roles out of order), which is the client's to fix.
+    except _TemplateRaised as exc:
+        # The template refuses this conversation (e.g. roles out of order): the
+        # client's to fix.
         raise InvalidRequest(
             f"The model's chat template refused these messages: {exc}",
             param="messages",
