@@ -81,7 +81,7 @@ class TokenizeSerializer(StrictSerializer):
         if ("content" in attrs) == ("messages" in attrs):
             raise InvalidRequest(
                 "Send either `content` or `messages`.",
-                param="content" if "content" in attrs else "messages",
+                param="content" if "content" in attrs or "messages" not in attrs else "messages",
                 code="invalid_value",
             )
         if attrs.get("tools") and "messages" not in attrs:
