@@ -16,12 +16,12 @@ def test_health_is_ok_without_auth():
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
-def test_ready_once_the_default_model_is_loaded(gemma):
-    registry.unload("gemma-3-270m")
+def test_ready_once_the_default_model_is_loaded(qwen):
+    registry.unload(qwen.model_id)
     r = Client().get("/ready")
     assert r.status_code == 503
-    assert "gemma-3-270m" in r.json()["error"]["message"]
-    registry.engine_for(gemma).wait_ready(60)
+    assert qwen.model_id in r.json()["error"]["message"]
+    registry.engine_for(qwen).wait_ready(60)
     r = Client().get("/ready")
     assert r.status_code == 200 and r.json()["status"] == "ready"
 
