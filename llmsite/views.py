@@ -14,7 +14,7 @@ from llmsite.errors import NotFound, ServiceUnavailable, error_response, interna
 
 def playground(request):
     """The browser playground: static HTML and JS; all data goes through the API."""
-    return render(request, "playground.html")
+    return render(request, "playground.html", {"default_model": settings.LLMSITE_DEFAULT_MODEL})
 
 
 async def health(request):
