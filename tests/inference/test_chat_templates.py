@@ -216,7 +216,10 @@ def test_qwen_answers_a_question_sensibly(client, engine):
     assert "<|im_end|>" not in choice["message"]["content"]
 
 
-def test_auto_sends_chats_to_the_instruct_model(client, engine):
+def test_auto_sends_chats_to_the_instruct_model(client, engine, gemma):
+    # As registered (migration 0005): Gemma serves completions and embeddings only.
+    gemma.capabilities = [c for c in gemma.capabilities if c != "chat"]
+    gemma.save()
     r = client.post(
         URL,
         {"model": "auto", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
