@@ -53,7 +53,7 @@ async def sse_frames(stream: Streamed) -> AsyncIterator[bytes]:
         await stream.aclose()
 
 
-def _respond(result: Completed | Streamed) -> Response | StreamingHttpResponse:
+def respond(result: Completed | Streamed) -> Response | StreamingHttpResponse:
     if isinstance(result, Completed):
         return Response(result.body, headers=result.headers)
     response = StreamingHttpResponse(sse_frames(result), content_type="text/event-stream")
@@ -97,7 +97,7 @@ class InferenceView(AsyncAPIView):
         )
         if isinstance(result, Completed):
             result = replace(result, body=self.render(request, result.body))
-        return _respond(result)
+        return respond(result)
 
     def render(self, request, body: dict) -> dict:
         """The answer's body as this endpoint's clients read it (a hook: the seed
@@ -131,7 +131,7 @@ class ModelListView(InferenceView):
         ],
     )
     async def get(self, request):
-        return _respond(
+        return respond(
             await services.model_list(
                 principal=request.user, request_id=request._request.request_id
             )
@@ -147,7 +147,7 @@ class ModelDetailView(InferenceView):
         responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 404: ERRORS[404]},
     )
     async def get(self, request, model_id: str):
-        return _respond(
+        return respond(
             await services.model_retrieve(
                 principal=request.user, request_id=request._request.request_id, model_id=model_id
             )

@@ -1,7 +1,9 @@
-"""Chat prompt formats: messages -> prompt text, plus the strings that end a turn.
+"""Hand-written chat prompt formats: messages -> prompt text, plus the strings that end a turn.
 
-GGUFs without a chat template (the bundled Gemma 3 270M has none) need one
-chosen explicitly; each model row names its format.
+A model row's `chat_format` is `auto` (the GGUF's own `tokenizer.chat_template`,
+see inference.chat_templates, or `chatml` when the GGUF has none) or one of
+these, which overrides the template. The bundled Gemma 3 270M has no template
+and uses `gemma`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
     "llama-3": ChatFormat(_llama3, ("<|eot_id|>",)),
     "raw": ChatFormat(_raw, ("\nuser:",)),
 }
+
+
+AUTO = "auto"
+FALLBACK_FORMAT = "chatml"
+"""What `auto` uses for a GGUF without a chat template (as llama-server does)."""
+
+CHAT_FORMAT_CHOICES = [(AUTO, "auto (the GGUF's chat template)")] + [
+    (name, name) for name in CHAT_FORMATS
+]
 
 
 def render_chat(format_name: str, messages: list[dict]) -> tuple[str, tuple[str, ...]]:

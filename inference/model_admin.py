@@ -8,19 +8,22 @@ load and unload act on the process that handles the call.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from django.conf import settings
 from django.db import transaction
 
 from accounts.services import SYSTEM, Actor, audit_record
 from inference.engine import LlamaEngine, ModelLoadError, check_gguf
 from inference.models import BUNDLED_PREFIX, LLMModel, RouterAlias
-from inference.registry import MemoryBudgetExceeded, bundled_package, registry
+from inference.registry import (
+    MemoryBudgetExceeded,
+    bundled_available,
+    bundled_package,
+    bundled_target,
+    registry,
+)
 from llmsite.errors import InvalidRequest
 
 
@@ -58,11 +61,7 @@ def model_file_path(*, model: LLMModel) -> Path | None:
         return engine.spec.path
     if not model.path.startswith(BUNDLED_PREFIX):
         return Path(model.path).expanduser()
-    try:
-        module = importlib.import_module(bundled_package(model.path))
-    except (ImportError, ValueError):
-        return None
-    return Path(settings.MODELS_DIR) / module.MODEL_NAME
+    return bundled_target(model.path)
 
 
 def model_file_size(*, model: LLMModel) -> int | None:
@@ -83,13 +82,10 @@ def model_path_check(*, path: str) -> None:
     first load.
     """
     if path.startswith(BUNDLED_PREFIX):
-        package = bundled_package(path)
-        try:
-            found = bool(package) and importlib.util.find_spec(package) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            raise ModelLoadError(f"bundled model package {package!r} is not installed ({path})")
+        if not bundled_available(path):
+            raise ModelLoadError(
+                f"bundled model package {bundled_package(path)!r} is not installed ({path})"
+            )
         return
     check_gguf(Path(path).expanduser())
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
-from inference.chat_formats import CHAT_FORMATS
+from inference.chat_formats import AUTO, CHAT_FORMAT_CHOICES
 from llmsite.fields import EncryptedTextField
 
 BUNDLED_PREFIX = "bundled:"
@@ -12,7 +12,7 @@ BACKEND_LLAMA_CPP = "llama_cpp"
 BACKEND_OPENAI = "openai"
 
 # What a model can serve; the router only picks models that can serve a request.
-CAPABILITIES = ("chat", "completion", "embeddings", "json")
+CAPABILITIES = ("chat", "completion", "embeddings", "json", "tools")
 
 STRATEGIES = (
     "balanced",
@@ -60,7 +60,10 @@ class LLMModel(models.Model):
         help_text="Sequences decoded together; requests beyond this wait in a FIFO queue.",
     )
     chat_format = models.CharField(
-        max_length=32, choices=[(name, name) for name in CHAT_FORMATS], default="gemma"
+        max_length=32,
+        choices=CHAT_FORMAT_CHOICES,
+        default=AUTO,
+        help_text="auto: the GGUF's own chat template (chatml without one); others override it.",
     )
     embeddings = models.BooleanField(default=True, help_text="Serve /v1/embeddings.")
     enabled = models.BooleanField(default=True)
@@ -93,7 +96,7 @@ class LLMModel(models.Model):
     capabilities = models.JSONField(
         default=default_capabilities,
         blank=True,
-        help_text="Any of chat, completion, json (embeddings follows the embeddings flag).",
+        help_text="Any of chat, completion, json, tools (embeddings follows the embeddings flag).",
     )
     tags = models.JSONField(default=list, blank=True)
     weight = models.PositiveIntegerField(default=1, help_text="Share under random/balanced ties.")

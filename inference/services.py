@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -866,6 +867,40 @@ async def model_retrieve(*, principal: Principal, request_id: str, model_id: str
             tenant=principal.tenant, api_key=principal.api_key, model_id=model_id
         ),
     )
+
+
+# -- /tokenize, /detokenize ---------------------------------------------------------------
+async def tokenizer_run(
+    *,
+    principal: Principal,
+    body,
+    request_id: str,
+    endpoint: str,
+    serializer_class: type[Serializer],
+    work: Callable[[Any, LLMModel, dict], dict],
+) -> Completed:
+    """Run `work(tokenizer, model, data)` on the named model's own tokenizer, in a
+    worker thread: one request and one record (nothing billed), a model the
+    caller may not use a 404, as everywhere."""
+    acct = _start(principal, endpoint, request_id, body)
+    try:
+        data = _validated(serializer_class, body)
+        model = await sync_to_async(selectors.model_get)(
+            tenant=principal.tenant, api_key=principal.api_key, model_id=data["model"]
+        )
+        acct.model_id = model.model_id
+        tokenizer = await backend_for(model).tokenizer()
+        await acct.reserve(model=None, max_completion_tokens=0)
+        out = await sync_to_async(work, thread_sensitive=False)(tokenizer, model, data)
+        return Completed(out, _headers(acct), _view(acct))
+    except Exception as exc:
+        acct.fail(exc)
+        raise _as_api_error(exc, acct) from exc
+    except BaseException as exc:
+        acct.fail(exc)
+        raise
+    finally:
+        await acct.write()
 
 
 # -- fan-out ----------------------------------------------------------------------------

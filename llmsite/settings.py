@@ -20,7 +20,7 @@ Variables (all optional):
   LLMSITE_CSRF_TRUSTED_ORIGINS  comma list of https://origins the admin is reached under
   DATABASE_URL            postgresql://user:pass@host:5432/db or sqlite:////path
   REDIS_URL               redis://host:6379/0 switches cache and channel layer to Redis
-  LLMSITE_DEFAULT_MODEL   model id served when none is loaded explicitly (gemma-3-270m)
+  LLMSITE_DEFAULT_MODEL   the model preloaded and checked by /ready (qwen2.5-coder-0.5b-instruct)
   LLMSITE_PRELOAD         1 loads the default model and `load_on_start` models at start (0)
   LLMSITE_N_THREADS       llama.cpp threads for models that do not set their own (cores)
   LLMSITE_MAX_BODY_BYTES  largest accepted request body (4 MiB)
@@ -325,7 +325,7 @@ if LLMSITE_METRICS_TOKEN and len(LLMSITE_METRICS_TOKEN) < 16:
     raise ConfigError("LLMSITE_METRICS_TOKEN must be at least 16 characters")
 LLMSITE_METRICS_ALLOW_IPS = env_networks("LLMSITE_METRICS_ALLOW_IPS", ["127.0.0.1", "::1"])
 
-LLMSITE_DEFAULT_MODEL = env_str("LLMSITE_DEFAULT_MODEL", "gemma-3-270m")
+LLMSITE_DEFAULT_MODEL = env_str("LLMSITE_DEFAULT_MODEL", "qwen2.5-coder-0.5b-instruct")
 LLMSITE_PRELOAD = env_bool("LLMSITE_PRELOAD", False)
 LLMSITE_N_THREADS = env_int("LLMSITE_N_THREADS", os.cpu_count() or 1, minimum=1)
 LLMSITE_LOAD_TIMEOUT = env_int("LLMSITE_LOAD_TIMEOUT", 30, minimum=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import JsonResponse
 from django.shortcuts import render
 
@@ -11,7 +12,7 @@ from llmsite.health import health_report
 
 def playground(request):
     """The browser playground: static HTML and JS; all data goes through the API."""
-    return render(request, "playground.html")
+    return render(request, "playground.html", {"default_model": settings.LLMSITE_DEFAULT_MODEL})
 
 
 async def health(request):

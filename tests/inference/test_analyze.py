@@ -47,7 +47,8 @@ def test_analyze_returns_only_the_tasks_asked_through_auto(client):
     r = analyze(client, tasks=["sentiment"])
     assert r.status_code == 200, r.content
     body = r.json()
-    assert body["model"] == MODEL
+    # The suite's gemma fixture lets Gemma chat too, so auto may pick either.
+    assert body["model"] in {MODEL, "qwen2.5-coder-0.5b-instruct"}
     assert body["sentiment"]["label"] in SENTIMENT_LABELS
     assert "keywords" not in body and "summary" not in body
 

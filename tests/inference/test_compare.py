@@ -25,7 +25,10 @@ def test_compare_runs_the_model_id_and_auto_with_their_figures(client):
     assert (by_id["model"], by_auto["model"]) == (MODEL, "auto")
     for entry in (by_id, by_auto):
         assert entry["status_code"] == 200
-        assert entry["answered_model"] == MODEL
+    assert by_id["answered_model"] == MODEL
+    # Both bundled models serve completions: auto may pick either.
+    assert by_auto["answered_model"] in {MODEL, "qwen2.5-coder-0.5b-instruct"}
+    for entry in (by_id, by_auto):
         assert isinstance(entry["text"], str)
         assert entry["finish_reason"] in {"stop", "length"}
         usage = entry["usage"]

@@ -15,6 +15,7 @@ import pytest
 from tests import live
 
 MODEL = "gemma-3-270m"
+CHAT = "qwen2.5-coder-0.5b-instruct"  # the default chat model; Gemma is a base model
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_sdk_completion(sdk):
 
 def test_sdk_chat(sdk):
     result = sdk.chat.completions.create(
-        model=MODEL,
+        model=CHAT,
         messages=[{"role": "user", "content": "Say hi"}],
         max_tokens=6,
         temperature=0,
@@ -74,7 +75,7 @@ def test_sdk_chat(sdk):
 def test_sdk_streaming_chat_with_usage_matches_non_streamed(sdk):
     messages = [{"role": "user", "content": "Name three colours."}]
     stream = sdk.chat.completions.create(
-        model=MODEL,
+        model=CHAT,
         messages=messages,
         max_tokens=12,
         temperature=0,
@@ -85,9 +86,7 @@ def test_sdk_streaming_chat_with_usage_matches_non_streamed(sdk):
     assert len({c.id for c in chunks}) == 1
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
-    plain = sdk.chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=12, temperature=0
-    )
+    plain = sdk.chat.completions.create(model=CHAT, messages=messages, max_tokens=12, temperature=0)
     assert text == plain.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 

@@ -25,8 +25,8 @@ def ids(client):
     return {m["id"] for m in client.get("/v1/models").json()["data"]}
 
 
-def test_empty_tenant_list_means_all_enabled_models(client, second):
-    assert ids(client) == {"gemma-3-270m", "second"}
+def test_empty_tenant_list_means_all_enabled_models(client, second, qwen):
+    assert ids(client) == {"gemma-3-270m", "second", "qwen2.5-coder-0.5b-instruct"}
 
 
 def test_tenant_allow_list_hides_other_models_as_not_found(client, tenant, gemma, second):

@@ -243,11 +243,11 @@ def test_a_remote_model_is_listed_but_not_loaded_here(ops):
     assert_error(ops.post("/api/admin/models/far/load"), 400, "model_remote")
 
 
-def test_ready_once_the_default_model_is_loaded(gemma):
-    registry.unload("gemma-3-270m")
+def test_ready_once_the_default_model_is_loaded(qwen):
+    registry.unload(qwen.model_id)
     r = Client().get("/ready")
     assert r.status_code == 503
-    assert "gemma-3-270m" in r.json()["error"]["message"]
-    registry.engine_for(gemma).wait_ready(60)
+    assert qwen.model_id in r.json()["error"]["message"]
+    registry.engine_for(qwen).wait_ready(60)
     r = Client().get("/ready")
     assert r.status_code == 200 and r.json()["status"] == "ready"

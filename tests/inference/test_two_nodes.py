@@ -14,7 +14,7 @@ import pytest
 
 from tests import live
 
-REMOTE = "upstream-gemma"
+REMOTE = "upstream-qwen"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def nodes(tmp_path_factory):
         REMOTE,
         f"{back.base_url}/v1",
         "--remote-model",
-        "gemma-3-270m",
+        "qwen2.5-coder-0.5b-instruct",
         "--key-stdin",
         "--quality",
         "0.9",
@@ -77,7 +77,7 @@ def test_front_node_serves_the_back_nodes_model_and_bills_it(nodes):
         "SELECT model_id, prompt_tokens, completion_tokens FROM billing_usagerecord "
         "WHERE endpoint = 'chat.completions'"
     )
-    assert ("gemma-3-270m", prompt, completion) in back_rows
+    assert ("qwen2.5-coder-0.5b-instruct", prompt, completion) in back_rows
 
 
 def test_streaming_through_the_front_node_with_usage(nodes):

@@ -57,9 +57,10 @@ def use_key(page, key):
 def test_assistant_text_streams_in_then_stop_ends_it_with_usage(page, server, tmp_path):
     use_key(page, server.api_key)
     expect(page.locator("#m-status")).to_have_text("ready", timeout=30_000)
-    expect(page.get_by_label("Model")).to_have_value("gemma-3-270m")
-    page.get_by_label("Max tokens").fill("40")
-    page.get_by_label("Message").fill("Tell me a story about a lighthouse.")
+    expect(page.get_by_label("Model")).to_have_value("qwen2.5-coder-0.5b-instruct")
+    page.get_by_label("Temperature").fill("0")
+    page.get_by_label("Max tokens").fill("60")
+    page.get_by_label("Message").fill("Write a haiku about a lighthouse, one line per verse.")
     page.get_by_role("button", name="Send").click()
 
     assistant = page.locator("#transcript li.assistant p").last
@@ -74,6 +75,9 @@ def test_assistant_text_streams_in_then_stop_ends_it_with_usage(page, server, tm
     assert len(grew) >= 2, samples
     assert int(page.locator("#m-completion").inner_text()) >= 1
     assert page.locator("#m-ttft").inner_text().endswith("ms")
+    # The answer is plain text with its line breaks kept (a haiku is three lines).
+    assert "\n" in assistant.inner_text().strip(), assistant.inner_text()
+    assert assistant.evaluate("p => getComputedStyle(p).whiteSpace") == "pre-wrap"
     # README's screenshot is refreshed on demand, so a test run leaves the tree clean.
     shot = SCREENSHOT if os.environ.get("LLMSITE_UPDATE_SCREENSHOT") else tmp_path / "page.png"
     shot.parent.mkdir(exist_ok=True)

@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from inference.chat_formats import CHAT_FORMATS
+from inference.chat_formats import AUTO, CHAT_FORMATS
 from inference.engine import ModelLoadError, check_gguf
 from inference.management.routing_args import add_routing_arguments, routing_values
 from inference.model_admin import model_save
@@ -19,7 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--n-ctx", type=int, default=2048)
         parser.add_argument("--n-threads", type=int, default=None)
         parser.add_argument("--n-batch", type=int, default=512)
-        parser.add_argument("--chat-format", choices=sorted(CHAT_FORMATS), default="gemma")
+        parser.add_argument("--chat-format", choices=[AUTO, *sorted(CHAT_FORMATS)], default=AUTO)
         parser.add_argument("--no-embeddings", action="store_true")
         parser.add_argument("--disabled", action="store_true")
         add_routing_arguments(parser)
