@@ -72,17 +72,31 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _route_bare_view(principal) -> None:
-    """Serve the bare view next to the real URLs, in this process only."""
+    """Serve the bare view next to the real URLs, in this process only.
+
+    The seam is the request's accounting: the service builds it in one place
+    (`services._start`) and reserves quota and writes the usage record only
+    through it. A request made as the bare view's principal gets an accounting
+    whose reservation and record do nothing; everything else is the real
+    service: validation, route resolution, the backend with its fallback loop,
+    the response and its headers.
+    """
+    from dataclasses import dataclass
+
     from django.conf import settings
     from django.urls import clear_url_caches, path
     from rest_framework.permissions import AllowAny
 
+    from accounts.authentication import Principal
     from inference import services
     from inference.accounting import Accounting
-    from inference.api import _respond, _validated
-    from inference.serializers import CompletionRequestSerializer
+    from inference.api import _respond
     from llmsite import urls
     from llmsite.drf import AsyncAPIView
+
+    @dataclass(frozen=True)
+    class BarePrincipal(Principal):
+        pass
 
     class NoAccounting(Accounting):
         async def reserve(self, *, model, max_completion_tokens: int, count_request=True):
@@ -91,6 +105,13 @@ def _route_bare_view(principal) -> None:
         async def write(self) -> None:
             self.written = True
 
+    def accounting(*, principal, **fields) -> Accounting:
+        kind = NoAccounting if isinstance(principal, BarePrincipal) else Accounting
+        return kind(principal=principal, **fields)
+
+    services.Accounting = accounting  # the name `services._start` builds it by
+    bare = BarePrincipal(tenant=principal.tenant, api_key=principal.api_key)
+
     class BareCompletionView(AsyncAPIView):
         # The same model lookup (the bench tenant and key, resolved once at start-up),
         # tokenizer, engine and response shaping as /v1/completions; nothing else.
@@ -98,12 +119,13 @@ def _route_bare_view(principal) -> None:
         permission_classes = [AllowAny]
 
         async def post(self, request):
-            data = _validated(CompletionRequestSerializer, request)
-            acct = NoAccounting(
-                principal=principal, endpoint="completions", request_id=request._request.request_id
-            )
             return _respond(
-                await services.completion_create(principal=principal, data=data, acct=acct)
+                await services.completion_create(
+                    principal=bare,
+                    body=request.data,
+                    request_id=request._request.request_id,
+                    endpoint="completions",
+                )
             )
 
     module = types.ModuleType("bench_overhead_urls")

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from django.http import StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework.response import Response
 
 from accounts.authentication import CanInfer
-from inference import extras, seed_api, services
+from inference import extras, openapi, seed_api, services
+from inference.openapi import ERRORS
 from inference.serializers import (
     AnalyzeRequestSerializer,
     BatchRequestSerializer,
@@ -23,14 +23,6 @@ from inference.serializers import (
 )
 from inference.services import Completed, Streamed, StreamError
 from llmsite.drf import AsyncAPIView
-
-ERRORS = {
-    400: OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid request (OpenAI error object)"),
-    401: OpenApiResponse(OpenApiTypes.OBJECT, description="Missing or invalid API key"),
-    404: OpenApiResponse(OpenApiTypes.OBJECT, description="Model not found"),
-    413: OpenApiResponse(OpenApiTypes.OBJECT, description="Request body too large"),
-    503: OpenApiResponse(OpenApiTypes.OBJECT, description="Model loading or unavailable"),
-}
 
 
 def _sse(payload: dict | str) -> bytes:
@@ -111,24 +103,15 @@ class ModelListView(InferenceView):
     @extend_schema(
         operation_id="listModels",
         tags=["Models"],
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401]},
-        examples=[
-            OpenApiExample(
-                "models",
-                response_only=True,
-                value={
-                    "object": "list",
-                    "data": [
-                        {
-                            "id": "gemma-3-270m",
-                            "object": "model",
-                            "created": 1767225600,
-                            "owned_by": "llmsite",
-                        }
-                    ],
-                },
-            )
-        ],
+        responses={
+            200: openapi.ok(
+                openapi.ListModelsResponse,
+                {"object": "list", "data": [openapi.MODEL_EXAMPLE]},
+                "The models and router aliases this key may use.",
+            ),
+            401: ERRORS[401],
+            429: ERRORS[429],
+        },
     )
     async def get(self, request):
         return respond(
@@ -144,7 +127,12 @@ class ModelDetailView(InferenceView):
     @extend_schema(
         operation_id="retrieveModel",
         tags=["Models"],
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 404: ERRORS[404]},
+        responses={
+            200: openapi.ok(openapi.Model, openapi.MODEL_EXAMPLE),
+            401: ERRORS[401],
+            404: ERRORS[404],
+            429: ERRORS[429],
+        },
     )
     async def get(self, request, model_id: str):
         return respond(
@@ -161,7 +149,15 @@ class CompletionView(InferenceView):
         operation_id="createCompletion",
         tags=["Completions"],
         request=CompletionRequestSerializer,
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        responses={
+            **openapi.generated(
+                openapi.Completion,
+                openapi.COMPLETION_EXAMPLE,
+                openapi.CompletionChunk,
+                openapi.COMPLETION_CHUNK_EXAMPLE,
+            ),
+            **ERRORS,
+        },
         examples=[
             OpenApiExample(
                 "completion",
@@ -191,7 +187,15 @@ class ChatCompletionView(InferenceView):
         operation_id="createChatCompletion",
         tags=["Chat"],
         request=ChatCompletionRequestSerializer,
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        responses={
+            **openapi.generated(
+                openapi.ChatCompletion,
+                openapi.CHAT_COMPLETION_EXAMPLE,
+                openapi.ChatCompletionChunk,
+                openapi.CHAT_CHUNK_EXAMPLE,
+            ),
+            **ERRORS,
+        },
         examples=[
             OpenApiExample(
                 "chat",
@@ -220,7 +224,10 @@ class EmbeddingView(InferenceView):
         operation_id="createEmbedding",
         tags=["Embeddings"],
         request=EmbeddingRequestSerializer,
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        responses={
+            200: openapi.ok(openapi.CreateEmbeddingResponse, openapi.EMBEDDING_EXAMPLE),
+            **ERRORS,
+        },
         examples=[
             OpenApiExample(
                 "embedding",
@@ -278,10 +285,15 @@ class BatchView(FanOutView):
         operation_id="createBatch",
         tags=["Batch"],
         request=BatchRequestSerializer,
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 400: ERRORS[400]},
+        responses={
+            200: openapi.ok(openapi.BatchResult, openapi.BATCH_RESULT_EXAMPLE),
+            400: ERRORS[400],
+            401: ERRORS[401],
+            413: ERRORS[413],
+        },
         examples=[
             OpenApiExample("batch", request_only=True, value=BATCH_EXAMPLE),
-            *seed_api.BATCH_EXAMPLES,
+            *seed_api.request_examples(seed_api.BATCH_EXAMPLES),
         ],
         description=(
             "Up to `LLMSITE_BATCH_MAX` chat, completion or embedding requests in one call, run "
@@ -309,7 +321,12 @@ class CompareView(FanOutView):
         operation_id="createComparison",
         tags=["Compare"],
         request=CompareRequestSerializer,
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ERRORS[401], 400: ERRORS[400]},
+        responses={
+            200: openapi.ok(openapi.CompareResult, openapi.COMPARE_RESULT_EXAMPLE),
+            400: ERRORS[400],
+            401: ERRORS[401],
+            413: ERRORS[413],
+        },
         examples=[
             OpenApiExample(
                 "compare",
@@ -321,7 +338,7 @@ class CompareView(FanOutView):
                     "temperature": 0,
                 },
             ),
-            *seed_api.COMPARE_EXAMPLES,
+            *seed_api.request_examples(seed_api.COMPARE_EXAMPLES),
         ],
         description=(
             "One prompt (a completion) or one conversation (`messages`, a chat) on 2 to 8 "
@@ -350,7 +367,11 @@ class AnalyzeView(InferenceView):
         operation_id="createAnalysis",
         tags=["Analyze"],
         request=AnalyzeRequestSerializer,
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        responses={
+            200: openapi.ok(openapi.Analysis, openapi.ANALYSIS_EXAMPLE),
+            **ERRORS,
+            502: openapi.INVALID_MODEL_OUTPUT,
+        },
         examples=[
             OpenApiExample(
                 "analyze",

@@ -291,6 +291,13 @@ def stats_with_seed_fields(stats: Mapping, *, strategy: str) -> dict:
 
 
 # -- OpenAPI examples of the seed's forms ----------------------------------------------
+def request_examples(examples: list[OpenApiExample]) -> list[OpenApiExample]:
+    """Only the request examples: where the seed's answer has its own shape (batch,
+    compare), the operation's response schema is llmsite's, and the seed's answer
+    is described in the operation's text and the README instead."""
+    return [example for example in examples if not example.response_only]
+
+
 def _examples(name: str, request: dict, response: dict) -> list[OpenApiExample]:
     return [
         OpenApiExample(f"{name} (LLM-Runner-Router)", request_only=True, value=request),

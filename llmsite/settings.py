@@ -305,6 +305,12 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "FinishReasonEnum": ["stop", "length"],
+        "RoleEnum": "accounts.models.Role",
+        # One-value enums the /v1 response shapes share (inference/openapi.py).
+        "ListObjectEnum": ["list"],
+        "TextCompletionObjectEnum": ["text_completion"],
+        "AssistantRoleEnum": ["assistant"],
+        "FunctionTypeEnum": ["function"],
     },
 }
 

@@ -235,10 +235,12 @@ def test_a_seed_compare_gets_the_seed_answer(client):
     assert first["model"] == MODEL and second["model"] == "auto"
     for result in answer["results"]:
         assert result["success"] is True
-        assert result["result"]["model"] == MODEL
         assert result["result"]["tokens"] == 2
-    # Greedy, same prompt: the options reached both models.
-    assert first["result"]["text"] == second["result"]["text"]
+    assert first["result"]["model"] == MODEL
+    # `auto` may pick either bundled model for a completion; on the same one, greedy
+    # decoding of the same prompt shows the options reached both entries.
+    if second["result"]["model"] == MODEL:
+        assert first["result"]["text"] == second["result"]["text"]
 
 
 def test_a_seed_compare_takes_openai_names_in_options_too(client):
