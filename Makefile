@@ -1,4 +1,6 @@
 # The two commands a fresh machine needs: `make run` and `make test`.
+# Dependencies install from requirements.lock (exact versions, SHA-256 hashes);
+# the README's "Pinned dependencies" says how to regenerate it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,14 +17,15 @@ WHEELHOUSE := $(HOME)/.cache/llmsite/wheels-avx2
 
 .PHONY: install run test lint format bench clean browser
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-deps --no-cache-dir \
 	    -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
 	$(BIN)/pip install --no-deps --no-index --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install --require-hashes -r requirements.lock
+	$(BIN)/pip install --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
