@@ -17,6 +17,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from accounts.services import tenant_models_set
 from billing.models import UsageRecord
 from inference.extras import SENTIMENT_LABELS
 from inference.registry import registry
@@ -27,7 +28,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _loaded(gemma):
+def _loaded(gemma, tenant):
+    # One model for the tenant, so that `auto` (and so a missing `model`) has one
+    # answer to check whichever other models the database holds.
+    tenant_models_set(tenant=tenant, models=[gemma], all_models=False)
     # Loaded before the request: on a busy machine a first load can outlast the
     # request's wait for it, and that 503 is not what these tests are about.
     registry.engine_for(gemma).wait_ready(600)
