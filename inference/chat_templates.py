@@ -375,6 +375,7 @@ def _template_prompt(
 ) -> ChatPrompt:
     source = info.chat_template or ""
     real_messages = template_messages(messages)
+
     def render(messages: list[dict], tools: list[dict] | None) -> str:
         return render_template(
             source,
