@@ -375,17 +375,23 @@ def _template_prompt(
 ) -> ChatPrompt:
     source = info.chat_template or ""
     real_messages = template_messages(messages)
-    kwargs = {
-        "add_generation_prompt": add_generation_prompt,
-        "bos_token": info.bos_token,
-        "eos_token": info.eos_token,
-    }
-    real = render_template(source, real_messages, tools=tools, **kwargs)
+
+    def render(messages: list[dict], tools: list[dict] | None) -> str:
+        return render_template(
+            source,
+            messages,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=info.bos_token,
+            eos_token=info.eos_token,
+        )
+
+    real = render(real_messages, tools)
     strings: list[str] = []
     shadow_messages = _shadow(real_messages, strings)
     shadow_tools = _shadow(tools, strings) if tools else None
     try:
-        shadow = render_template(source, shadow_messages, tools=shadow_tools, **kwargs)
+        shadow = render(shadow_messages, shadow_tools)
         runs = _align(real, _MARK.split(shadow), strings)
     except APIError:
         runs = None
@@ -409,8 +415,8 @@ def _template_prompt(
                 param="messages",
                 code="invalid_value",
             )
-        tokens = engine.tokenize(real, add_bos=add_bos, special=True)
-        return ChatPrompt(tokens=tokens, stop=(), text=real, template=True)
+        whole = engine.tokenize(real, add_bos=add_bos, special=True)
+        return ChatPrompt(tokens=whole, stop=(), text=real, template=True)
     tokens: list[int] = []
     for text, is_client in runs:
         tokens += engine.tokenize(text, add_bos=add_bos and not tokens, special=not is_client)

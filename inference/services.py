@@ -41,6 +41,7 @@ from inference.backends import (
     GenerateRequest,
     Generation,
     TextDelta,
+    ToolCallDelta,
     Usage,
     backend_for,
 )
@@ -393,15 +394,17 @@ class _Text:
             return ""
         return gen.prompt_texts[index // gen.n]
 
-    def whole_choice(self, index: int, text: str, finish, logprobs) -> dict:
+    def whole_choice(
+        self, index: int, text: str, finish, logprobs, calls: list[dict] | None = None
+    ) -> dict:
         if self.kind == "completions":
             return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
-        return {
-            "index": index,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": logprobs,
-            "finish_reason": finish,
-        }
+        message: dict = {"role": "assistant", "content": text, "refusal": None}
+        if calls:
+            # OpenAI's shape: content is null when the reply is only calls.
+            message["content"] = text if text.strip() else None
+            message["tool_calls"] = calls
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
 
     def opening(self, data: dict, gen: Generation, index: int) -> dict | None:
         if self.kind == "completions":
@@ -426,6 +429,35 @@ class _Text:
             }
         delta = {"content": text} if text is not None else {}
         return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    def call_piece(self, event: ToolCallDelta) -> dict:
+        """A chat chunk's choice with one piece of a tool call: the first piece of
+        a call carries its id, type and name, later ones more of its arguments."""
+        item: dict = {"index": event.call_index}
+        if event.id is not None or event.name is not None:
+            item["id"] = event.id
+            item["type"] = "function"
+            item["function"] = {"name": event.name, "arguments": event.arguments}
+        else:
+            item["function"] = {"arguments": event.arguments}
+        return {
+            "index": event.index,
+            "delta": {"tool_calls": [item]},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+
+
+def _whole_calls(pieces: dict[int, dict]) -> list[dict]:
+    """A choice's tool-call pieces, by call, as a whole message's `tool_calls`."""
+    return [
+        {
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": "".join(call["arguments"])},
+        }
+        for _, call in sorted(pieces.items())
+    ]
 
 
 COMPLETIONS = _Text(
@@ -474,11 +506,21 @@ async def _collect(spec: _Text, data: dict, gen: Generation, acct: Accounting) -
     entries: dict[int, list] = {}
     finish: dict[int, str | None] = {}
     counts: dict[int, int] = {}
+    calls: dict[int, dict[int, dict]] = {}
     usage: Usage | None = None
     events = gen.events()
     try:
         async for event in events:
-            if isinstance(event, TextDelta):
+            if isinstance(event, ToolCallDelta):
+                acct.first_token()
+                texts.setdefault(event.index, [])
+                call = calls.setdefault(event.index, {}).setdefault(
+                    event.call_index, {"id": None, "name": None, "arguments": []}
+                )
+                call["id"] = call["id"] or event.id
+                call["name"] = call["name"] or event.name
+                call["arguments"].append(event.arguments)
+            elif isinstance(event, TextDelta):
                 acct.first_token()
                 texts.setdefault(event.index, []).append(event.text)
                 entries.setdefault(event.index, []).extend(event.logprobs)
@@ -501,9 +543,9 @@ async def _collect(spec: _Text, data: dict, gen: Generation, acct: Accounting) -
     for index in sorted(texts):
         prefix = spec.prefix(data, gen, index)
         lp = spec.logprobs(entries.get(index, []), len(prefix)) if wants else None
-        choices.append(
-            spec.whole_choice(index, prefix + "".join(texts[index]), finish.get(index), lp)
-        )
+        text = prefix + "".join(texts[index])
+        whole_calls = _whole_calls(calls[index]) if index in calls else None
+        choices.append(spec.whole_choice(index, text, finish.get(index), lp, whole_calls))
     return choices
 
 
@@ -646,7 +688,10 @@ class _StreamOwner:
                     opening = spec.opening(data, gen, event.index)
                     if opening is not None:
                         yield self._chunk(opening)
-                if isinstance(event, TextDelta):
+                if isinstance(event, ToolCallDelta):
+                    acct.first_token()
+                    yield self._chunk(spec.call_piece(event))
+                elif isinstance(event, TextDelta):
                     acct.first_token()
                     lp = spec.logprobs(event.logprobs) if wants and event.logprobs else None
                     # Counted as handed to the server: a client that leaves

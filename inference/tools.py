@@ -241,6 +241,8 @@ def auto_grammar(
     if tool_choice != "auto" or not tools:
         return None
     schema = _calls_schema(list(tools))
+    if schema is None:
+        return None
     grammar = _blocks_grammar(schema, parallel=parallel, to_gbnf=to_gbnf, bare=True)
     names = "|".join(tool.name for tool in tools)  # [a-zA-Z0-9_-]: nothing to escape
     bare = r'[\s]*(\{[\s]*"name"[\s]*:[\s]*"(?:' + names + r')")[\s\S]*'
@@ -317,7 +319,8 @@ def _as_call(value: Any, tools: dict[str, ToolSpec]) -> ToolCall | None:
         return None
     if "arguments" in value and "parameters" in value:
         return None
-    tool = tools.get(value.get("name")) if isinstance(value.get("name"), str) else None
+    name = value.get("name")
+    tool = tools.get(name) if isinstance(name, str) else None
     if tool is None:
         return None
     arguments = value.get("arguments", value.get("parameters", {}))
@@ -535,6 +538,8 @@ class ToolCallStream:
     def _bare_values_fail(self) -> bool:
         """Whether a finished top-level JSON value already fails to be calls."""
         bare = self._bare
+        if bare is None:
+            return False
         for start, end in bare.values[self._checked :]:
             if self._bare_value_calls(self._buffer[start:end]) is None:
                 return True
@@ -548,13 +553,14 @@ class ToolCallStream:
             return None
         items = value if isinstance(value, list) else [value]
         calls = [_as_call(item, self._tools) for item in items]
-        if not calls or any(call is None for call in calls):
+        found = [call for call in calls if call is not None]
+        if not calls or len(found) != len(calls):
             return None
-        return calls
+        return found
 
     def _bare_calls(self) -> list[ToolCall]:
         bare = self._bare
-        if bare.dead or not bare.at_top or not bare.values:
+        if bare is None or bare.dead or not bare.at_top or not bare.values:
             return []
         calls: list[ToolCall] = []
         for start, end in bare.values:

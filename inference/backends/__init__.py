@@ -12,6 +12,7 @@ from inference.backends.base import (
     Generation,
     TextDelta,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
 )
 from inference.models import LLMModel
@@ -26,6 +27,7 @@ __all__ = [
     "Generation",
     "TextDelta",
     "TokenLogprob",
+    "ToolCallDelta",
     "Usage",
     "backend_for",
 ]

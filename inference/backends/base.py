@@ -4,7 +4,9 @@ A backend turns a validated request into a `Generation` (prompt counted, cost
 known, nothing computed yet), whose events are typed: text deltas, a finish
 per choice, and the upstream's exact usage where it reports one. The service
 reserves quota between `prepare` and `start`, and renders the events in the
-client API's shape; it never asks which kind of backend it holds.
+client API's shape; it never asks which kind of backend it holds. Tool calls
+arrive as ToolCallDelta events, already parsed: from the model's text by the
+local backend, from the upstream's `tool_calls` by a remote one.
 """
 
 from __future__ import annotations
@@ -50,8 +52,23 @@ class Usage:
     completion_tokens: int
 
 
-# Reserved for tool calling: a ToolCallDelta(index, ...) event joins this union.
-Event = TextDelta | Finish | Usage
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of one tool call of a choice, in OpenAI's streamed shape.
+
+    The first piece of a call carries its `id` and `name` (and usually no
+    arguments); later pieces carry only more of `arguments` (JSON text). A
+    backend that has whole calls sends one piece per call, or two.
+    """
+
+    index: int  # the choice
+    call_index: int  # the call, within the choice
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+Event = TextDelta | ToolCallDelta | Finish | Usage
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from inference import chat_templates
-from inference.backends.base import Embeddings, Event, Finish, GenerateRequest, TextDelta
+from inference.backends.base import (
+    Embeddings,
+    Event,
+    Finish,
+    GenerateRequest,
+    TextDelta,
+    ToolCallDelta,
+)
 from inference.engine import (
     EmbeddingResult,
     EngineClosed,
@@ -31,6 +38,7 @@ from inference.engine import TextDelta as EngineDelta
 from inference.grammar import json_schema_grammar
 from inference.models import LLMModel
 from inference.registry import MemoryBudgetExceeded, registry
+from inference.tools import ToolRequest, reply_finish_reason, tool_request
 from llmsite.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -108,6 +116,7 @@ async def _submit_all(
     engine: LlamaEngine,
     jobs: list[tuple[list[int], SamplingParams]],
     owner: str | None = None,
+    grammar_param: str = "response_format",
 ) -> list:
     """Queue every job on the model's engine. An engine unloaded meanwhile (an
     operator's unload or reload) is replaced by a fresh one, so the request
@@ -123,7 +132,7 @@ async def _submit_all(
     except GrammarError as exc:
         for handle in handles:
             handle.cancel()
-        raise _grammar_refused(exc) from exc
+        raise _grammar_refused(exc, grammar_param) from exc
     except BaseException:
         for handle in handles:
             handle.cancel()
@@ -239,13 +248,50 @@ def chat_prompt(engine: LlamaEngine, model: LLMModel, data: dict) -> tuple[list[
     """A chat's prompt tokens and the stop strings its format adds.
 
     The one place a chat becomes tokens: the GGUF's own chat template (or a
-    hand-written format for a GGUF without one), see inference.chat_templates.
+    hand-written format for a GGUF without one), see inference.chat_templates,
+    which also gives the template earlier calls' arguments as objects. The
+    request's `tools` are shown to a template that reads them (even with
+    `tool_choice: "none"`: the conversation may hold calls to them).
     Runs in a worker thread with the rest of the plan.
     """
     prompt = chat_templates.chat_prompt(
         engine, model, data["messages"], tools=data.get("tools") or None
     )
     return prompt.tokens, prompt.stop
+
+
+def _tools_grammar(engine: LlamaEngine, model: LLMModel, tools: ToolRequest) -> str | None:
+    """The sampling side of tool calling, checked before anything is queued.
+
+    `"required"` or a named function: a grammar of `<tool_call>` blocks built
+    from the tools' schemas (bounded by inference.grammar, then parsed as the
+    engine will), so the reply always parses and validates; it applies
+    whatever the prompt format, which is why a model whose template cannot
+    show tools may still be forced to call one. `"auto"` needs a template that
+    shows the tools, and samples freely: the reply is parsed afterwards (a
+    lazy grammar, `tools.lazy_grammar()`, needs trigger support this engine
+    does not have yet). `"none"` neither constrains nor parses.
+    """
+    if not tools.tools:
+        return None
+    if not tools.forced:
+        if not chat_templates.supports_tools(engine, model):
+            raise InvalidRequest(
+                f"The model `{model.model_id}` has no chat template that shows tools, so it "
+                'cannot choose to call one: send `tool_choice` "required" or a named '
+                "function (decoding is then held to a call), or use a model with tool support.",
+                param="tools",
+                code="unsupported_parameter",
+            )
+        return None
+    grammar = tools.grammar(to_gbnf=lambda schema: json_schema_grammar(schema, param="tools"))
+    if grammar is None:
+        return None
+    try:
+        engine.check_grammar(grammar)
+    except GrammarError as exc:
+        raise _grammar_refused(exc, "tools") from exc
+    return grammar
 
 
 def _tokenize_chat(engine: LlamaEngine, chat_format: str, messages: list[dict]) -> list[int]:
@@ -278,13 +324,15 @@ def _plan_completion(engine: LlamaEngine, model: LLMModel, data: dict):
                 logit_bias=bias,
             )
             jobs.append((tokens, params))
-    return jobs, sum(len(t) for t in prompts), max_tokens * len(jobs), texts
+    return jobs, sum(len(t) for t in prompts), max_tokens * len(jobs), texts, None
 
 
-def _plan_chat(engine: LlamaEngine, model: LLMModel, data: dict):
+def _plan_chat(engine: LlamaEngine, model: LLMModel, data: dict, tools: ToolRequest):
+    tools_grammar = _tools_grammar(engine, model, tools)
     tokens, format_stops = chat_prompt(engine, model, data)
     max_tokens = _max_tokens(model, len(tokens), data.get("max_tokens"), None, "messages")
-    grammar = _json_grammar(engine, data.get("response_format"))
+    # A forced call's grammar wins over a response_format: the reply is calls.
+    grammar = tools_grammar or _json_grammar(engine, data.get("response_format"))
     logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
     bias = _logit_bias(engine, data["logit_bias"])
     jobs = []
@@ -302,7 +350,7 @@ def _plan_chat(engine: LlamaEngine, model: LLMModel, data: dict):
             logit_bias=bias,
         )
         jobs.append((tokens, params))
-    return jobs, len(tokens), max_tokens * len(jobs), None
+    return jobs, len(tokens), max_tokens * len(jobs), None, "tools" if tools_grammar else None
 
 
 # -- generation ----------------------------------------------------------------------
@@ -316,12 +364,18 @@ class LocalGeneration:
     prompt_texts: list[str] | None
     n: int
     owner: str | None = None
+    tools: ToolRequest | None = None  # a chat's tool fields: its replies are parsed for calls
+    grammar_param: str = "response_format"  # what a grammar the engine refuses is blamed on
     handles: list = field(default_factory=list)
     _peeked: list = field(default_factory=list)
 
     async def start(self, timeout: float | None) -> None:
         self.handles = await _submit_all(
-            self.backend.model, self.engine, self.jobs, owner=self.owner
+            self.backend.model,
+            self.engine,
+            self.jobs,
+            owner=self.owner,
+            grammar_param=self.grammar_param,
         )
         # Peek with an iterator of its own: the rest may be read from another
         # event loop (Django's test client does that), and a handle iterator
@@ -338,11 +392,21 @@ class LocalGeneration:
     async def events(self) -> AsyncIterator[Event]:
         try:
             for index, handle in enumerate(self.handles):
+                parser = self.tools.parser() if self.tools is not None else None
                 async for event in self._choice_events(index, handle):
                     if isinstance(event, EngineDelta):
-                        yield TextDelta(index, event.text, event.n_tokens, tuple(event.logprobs))
+                        delta = TextDelta(index, event.text, event.n_tokens, tuple(event.logprobs))
+                        if parser is None:
+                            yield delta
+                        else:
+                            for out in _parsed(delta, parser.feed(event.text)):
+                                yield out
                     elif isinstance(event, Finished):
                         reason = "stop" if event.finish_reason == "stop" else "length"
+                        if parser is not None:
+                            for out in _parsed(TextDelta(index, ""), parser.finish()):
+                                yield out
+                            reason = reply_finish_reason(parser, reason)
                         yield Finish(index, reason, event.completion_tokens)
         finally:
             self._cancel()
@@ -363,6 +427,40 @@ class LocalGeneration:
     def _cancel(self) -> None:
         for handle in self.handles:
             handle.cancel()
+
+
+def _parsed(delta: TextDelta, pieces: list[dict]) -> list[Event]:
+    """A text delta as the tool-call parser split it: content and call pieces.
+
+    The delta's token count and logprobs stay on its first event (text held
+    back as a possible call is still generated, and counted), so the service
+    counts tokens exactly as without tools.
+    """
+    out: list[Event] = []
+    carried = False
+    for piece in pieces:
+        if "content" in piece:
+            text = piece["content"]
+            if carried:
+                out.append(TextDelta(delta.index, text))
+            else:
+                out.append(TextDelta(delta.index, text, delta.n_tokens, delta.logprobs))
+                carried = True
+            continue
+        for item in piece["tool_calls"]:
+            function = item.get("function") or {}
+            out.append(
+                ToolCallDelta(
+                    index=delta.index,
+                    call_index=item["index"],
+                    id=item.get("id"),
+                    name=function.get("name"),
+                    arguments=function.get("arguments") or "",
+                )
+            )
+    if not carried and (delta.n_tokens or delta.logprobs):
+        out.insert(0, TextDelta(delta.index, "", delta.n_tokens, delta.logprobs))
+    return out
 
 
 @dataclass(eq=False)
@@ -425,10 +523,16 @@ class LocalBackend:
         else:
             check_prompt_chars(self.model, request.data["prompt"], "prompt")
         engine = await local_engine(self.model)
-        plan = _plan_chat if chat else _plan_completion
-        jobs, prompt_tokens, reserve, texts = await sync_to_async(plan, thread_sensitive=False)(
-            engine, self.model, request.data
-        )
+        tools = tool_request(request.data) if chat else None
+
+        def plan(engine: LlamaEngine, model: LLMModel, data: dict):
+            if tools is not None:
+                return _plan_chat(engine, model, data, tools)
+            return _plan_completion(engine, model, data)
+
+        jobs, prompt_tokens, reserve, texts, grammar_param = await sync_to_async(
+            plan, thread_sensitive=False
+        )(engine, self.model, request.data)
         check_capacity(engine, len(jobs), request.owner)
         return LocalGeneration(
             backend=self,
@@ -439,6 +543,8 @@ class LocalBackend:
             prompt_texts=texts,
             n=request.data["n"],
             owner=request.owner,
+            tools=tools,
+            grammar_param=grammar_param or "response_format",
         )
 
     async def embed(self, data: dict, *, owner: str | None = None) -> LocalEmbeddingJob:

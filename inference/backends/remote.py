@@ -26,6 +26,7 @@ from inference.backends.base import (
     GenerateRequest,
     TextDelta,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
 )
 from inference.models import LLMModel
@@ -269,15 +270,46 @@ def _choice_text(choice: dict) -> str:
     return choice.get("text") or ""
 
 
+def _tool_call_events(index: int, choice: dict) -> list[ToolCallDelta]:
+    """The upstream's `tool_calls` (a whole message's, or a chunk's pieces) as events."""
+    message = choice.get("delta") if "delta" in choice else choice.get("message")
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not isinstance(calls, list):
+        return []
+    out = []
+    for position, call in enumerate(calls):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):  # some servers send the object itself
+            arguments = "" if arguments is None else json.dumps(arguments)
+        call_index = call.get("index")
+        out.append(
+            ToolCallDelta(
+                index=index,
+                call_index=call_index if isinstance(call_index, int) else position,
+                id=call.get("id") if isinstance(call.get("id"), str) else None,
+                name=function.get("name") if isinstance(function.get("name"), str) else None,
+                arguments=arguments,
+            )
+        )
+    return out
+
+
 def _choice_events(choice: dict) -> list[Event]:
     index = int(choice.get("index") or 0)
     out: list[Event] = []
     text = _choice_text(choice)
     entries = _logprob_entries(choice.get("logprobs"))
-    if text or entries:
-        # One content chunk per token from llama.cpp-based servers: the count
-        # until the upstream's exact usage arrives.
-        out.append(TextDelta(index, text, 1 if text else 0, entries))
+    calls = _tool_call_events(index, choice)
+    if text or entries or calls:
+        # One chunk per token from llama.cpp-based servers: the count until the
+        # upstream's exact usage arrives.
+        out.append(TextDelta(index, text, 1 if text or calls else 0, entries))
+    out.extend(calls)
     if choice.get("finish_reason"):
         out.append(Finish(index, choice["finish_reason"]))
     return out

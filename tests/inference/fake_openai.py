@@ -3,7 +3,9 @@
 It answers /v1/chat/completions, /v1/completions (whole or streamed) and
 /v1/embeddings with fixed content, and records the bodies it was sent.
 `status` makes every answer that HTTP status; `stream_error` ends a stream
-with an error event after its first chunk.
+with an error event after its first chunk. `tool_calls` makes a chat answer
+that call list instead of text (whole, or streamed as OpenAI does: the id and
+name first, then the arguments in pieces).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 WORDS = ["Hello", " there", "!"]
+CALLS = [
+    {"id": "call_up1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+    {"id": "call_up2", "name": "get_time", "arguments": "{}"},
+]
 
 
 class FakeOpenAI:
@@ -21,6 +27,7 @@ class FakeOpenAI:
         self.status = 200
         self.stream_error = False
         self.usage = True
+        self.tool_calls = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,7 +58,9 @@ class FakeOpenAI:
                     )
                     return
                 chat = self.path.endswith("/chat/completions")
-                if body.get("stream"):
+                if chat and outer.tool_calls:
+                    self._calls(bool(body.get("stream")))
+                elif body.get("stream"):
                     self._stream(chat)
                 else:
                     self._whole(chat)
@@ -80,15 +89,52 @@ class FakeOpenAI:
                     payload["usage"] = {"prompt_tokens": 5, "completion_tokens": 3}
                 self._json(200, payload)
 
-            def _stream(self, chat: bool) -> None:
+            def _send(self, payload) -> None:
+                data = payload if isinstance(payload, str) else json.dumps(payload)
+                self.wfile.write(f"data: {data}\n\n".encode())
+                self.wfile.flush()
+
+            def _calls(self, stream: bool) -> None:
+                usage = {"prompt_tokens": 5, "completion_tokens": 9}
+                if not stream:
+                    calls = [
+                        {
+                            "id": c["id"],
+                            "type": "function",
+                            "function": {"name": c["name"], "arguments": c["arguments"]},
+                        }
+                        for c in CALLS
+                    ]
+                    message = {"role": "assistant", "content": None, "tool_calls": calls}
+                    choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+                    self._json(200, {"id": "up-1", "choices": [choice], "usage": usage})
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
 
-                def send(payload) -> None:
-                    data = payload if isinstance(payload, str) else json.dumps(payload)
-                    self.wfile.write(f"data: {data}\n\n".encode())
-                    self.wfile.flush()
+                def delta(payload: dict, finish=None) -> None:
+                    choice = {"index": 0, "delta": payload, "finish_reason": finish}
+                    self._send({"id": "up", "choices": [choice]})
+
+                delta({"role": "assistant", "content": None})
+                for i, c in enumerate(CALLS):
+                    first = {"name": c["name"], "arguments": ""}
+                    item = {"index": i, "id": c["id"], "type": "function", "function": first}
+                    delta({"tool_calls": [item]})
+                    args = c["arguments"]
+                    for start in range(0, len(args), 4):
+                        piece = {"index": i, "function": {"arguments": args[start : start + 4]}}
+                        delta({"tool_calls": [piece]})
+                delta({}, "tool_calls")
+                self._send({"id": "up", "choices": [], "usage": usage})
+                self._send("[DONE]")
+
+            def _stream(self, chat: bool) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                send = self._send
 
                 for i, word in enumerate(WORDS):
                     piece = {"delta": {"content": word}} if chat else {"text": word}
