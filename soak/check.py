@@ -32,7 +32,10 @@ def check_accounting(
     if lost:
         problems.append(f"{len(lost)} requests lost, e.g. {lost[:3]}")
 
-    expected = Counter(rid for e in ledger for rid in e["records"])
+    # The WebSocket's records carry a server-made id (`ws_<hex>`), never the client's
+    # request_id: they are counted, not matched (only the load uses the socket).
+    sockets = [e for e in ledger if e["kind"] == "ws"]
+    expected = Counter(rid for e in ledger if e["kind"] != "ws" for rid in e["records"])
     # A stream's record is written in the service's `finally`, just after its last chunk.
     for _ in range(20):
         rows = server.query(
@@ -42,6 +45,11 @@ def check_accounting(
         if len(rows) >= sum(expected.values()):
             break
         time.sleep(0.5)
+    ws_records = server.query(
+        "SELECT COUNT(*) FROM billing_usagerecord WHERE request_id LIKE ?", ("ws\\_%",)
+    )[0][0]
+    if ws_records != len(sockets):
+        problems.append(f"{len(sockets)} WebSocket requests, {ws_records} records")
     got = Counter(r[0] for r in rows)
     missing = sorted(rid for rid in expected if got[rid] == 0)
     doubled = sorted(rid for rid in expected if got[rid] > 1)
@@ -98,6 +106,8 @@ def check_accounting(
         "by_kind": dict(Counter(e["kind"] for e in ledger)),
         "records_expected": sum(expected.values()),
         "records_found": len(rows),
+        "websocket_requests": len(sockets),
+        "websocket_records": ws_records,
         "record_status": dict(Counter(r[1] for r in rows)),
         "tokens_today_records": int(tokens_today),
         "counters": counters,

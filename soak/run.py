@@ -2,7 +2,7 @@
 
 1. Start daphne (soak/server.py) with limits on its tenant: tokens per day and
    month, a budget with prices, `--concurrent` slots (so that clean 429s happen).
-2. Warm up (a few requests of each kind), then read the server's RSS.
+2. Warm up (`--warm-up` requests of the same traffic), then read the server's RSS.
 3. Locust (soak/locustfile.py), `--users` at once, until `--requests` requests
    have completed or `--duration` has passed.
 4. RSS again; soak/check.py matches the ledger to the usage records and the
@@ -34,23 +34,52 @@ BASE = "gemma-3-270m"
 MB = 1024 * 1024
 
 
-def warm_up(base_url: str, key: str, rounds: int) -> None:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {key}"}
-    chat = {"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=300) as c:
-        for i in range(rounds):
-            for path, body in (
-                ("/v1/chat/completions", chat),
-                ("/v1/chat/completions", {**chat, "stream": True}),
-                ("/v1/completions", {"model": BASE, "prompt": "Hello", "max_tokens": 8}),
-                ("/v1/embeddings", {"model": BASE, "input": ["a", "b"]}),
-            ):
-                r = c.post(path, json=body, headers={"x-request-id": f"warmup-{i}-{uuid.uuid4()}"})
-                r.read()
-                if r.status_code != 200:
-                    raise RuntimeError(f"warm-up {path}: {r.status_code} {r.text[:300]}")
+def run_locust(*, server, args, prefix: str, ledger: Path, requests: int, csv: Path) -> float:
+    """Locust headless until `requests` have ended (or --duration); seconds it took."""
+    env = {
+        **os.environ,
+        "SOAK_API_KEY": server.api_key,
+        "SOAK_PREFIX": prefix,
+        "SOAK_LEDGER": str(ledger),
+        "SOAK_MAX_REQUESTS": str(requests),
+        "SOAK_MAX_TOKENS": str(args.max_tokens),
+        "SOAK_CHAT_MODEL": CHAT,
+        "SOAK_BASE_MODEL": BASE,
+    }
+    locust = str(Path(sys.executable).with_name("locust"))
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [
+            locust,
+            "-f",
+            str(Path(__file__).with_name("locustfile.py")),
+            "--headless",
+            "--users",
+            str(args.users),
+            "--spawn-rate",
+            str(args.spawn_rate),
+            "--run-time",
+            f"{args.duration}s",
+            "--stop-timeout",
+            "300",
+            "--host",
+            server.base_url,
+            "--csv",
+            str(csv),
+            "--only-summary",
+        ],
+        env=env,
+    )
+    # Every sent request writes its ledger line once it has ended, and no more are
+    # sent past `requests`: a full ledger means nothing is in flight.
+    while proc.poll() is None:
+        done = sum(1 for _ in ledger.open()) if ledger.exists() else 0
+        if done >= requests:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(1)
+    proc.wait(600)
+    return time.monotonic() - started
 
 
 def main() -> int:
@@ -61,7 +90,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=1800, help="seconds at most")
     parser.add_argument("--concurrent", type=int, default=16, help="the tenant's max_concurrent")
     parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--warm-up", type=int, default=5, help="rounds of 4 requests")
+    parser.add_argument("--warm-up", type=int, default=300, help="requests before RSS is read")
     parser.add_argument("--rss-limit-mb", type=float, default=50)
     parser.add_argument("--out", default="var/soak")
     args = parser.parse_args()
@@ -91,58 +120,33 @@ def main() -> int:
         for model in (CHAT, BASE):
             server.manage("set_price", model, "--prompt", "0.10", "--completion", "0.40")
         print(f"soak {run_id}: server {server.base_url} (pid {server.process.pid})", flush=True)
-        warm_up(server.base_url, server.api_key, args.warm_up)
+        # Warm-up: the same traffic, so that every engine slot, pool and cache the
+        # measured run touches already exists when RSS is first read.
+        warm_ledger = out / f"ledger-{run_id}-warm.jsonl"
+        run_locust(
+            server=server,
+            args=args,
+            prefix=f"{prefix}-warm",
+            ledger=warm_ledger,
+            requests=args.warm_up,
+            csv=out / f"locust-{run_id}-warm",
+        )
+        time.sleep(2)
         rss_before = rss_bytes(server.process.pid)
         print(f"RSS after warm-up: {rss_before / MB:.1f} MB", flush=True)
-
-        env = {
-            **os.environ,
-            "SOAK_API_KEY": server.api_key,
-            "SOAK_PREFIX": prefix,
-            "SOAK_LEDGER": str(ledger_path),
-            "SOAK_MAX_REQUESTS": str(args.requests),
-            "SOAK_MAX_TOKENS": str(args.max_tokens),
-            "SOAK_CHAT_MODEL": CHAT,
-            "SOAK_BASE_MODEL": BASE,
-        }
-        locust = str(Path(sys.executable).with_name("locust"))
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [
-                locust,
-                "-f",
-                str(Path(__file__).with_name("locustfile.py")),
-                "--headless",
-                "--users",
-                str(args.users),
-                "--spawn-rate",
-                str(args.spawn_rate),
-                "--run-time",
-                f"{args.duration}s",
-                "--stop-timeout",
-                "300",
-                "--host",
-                server.base_url,
-                "--csv",
-                str(out / f"locust-{run_id}"),
-                "--only-summary",
-            ],
-            env=env,
+        elapsed = run_locust(
+            server=server,
+            args=args,
+            prefix=prefix,
+            ledger=ledger_path,
+            requests=args.requests,
+            csv=out / f"locust-{run_id}",
         )
-        # Every sent request writes its ledger line once it has ended, and no more are
-        # sent past --requests: a full ledger means nothing is in flight.
-        while proc.poll() is None:
-            done = sum(1 for _ in ledger_path.open()) if ledger_path.exists() else 0
-            if done >= args.requests:
-                proc.send_signal(signal.SIGTERM)
-                break
-            time.sleep(1)
-        proc.wait(600)
-        elapsed = time.monotonic() - started
         time.sleep(2)
         rss_after = rss_bytes(server.process.pid)
 
-        ledger = read_ledger(ledger_path)
+        measured = read_ledger(ledger_path)
+        ledger = read_ledger(warm_ledger) + measured
         acct_problems, figures = check_accounting(
             server=server,
             ledger=ledger,
@@ -159,12 +163,14 @@ def main() -> int:
         figures.update(
             users=args.users,
             seconds=round(elapsed, 1),
-            requests_per_second=round(len(ledger) / elapsed, 2),
+            warm_up_requests=args.warm_up,
+            measured_requests=len(measured),
+            requests_per_second=round(len(measured) / elapsed, 2),
             rss_before_mb=round(rss_before / MB, 1),
             rss_after_mb=round(rss_after / MB, 1),
             rss_growth_mb=round(growth, 1),
         )
-        ms = sorted(e["ms"] for e in ledger if e["outcome"] == "ok")
+        ms = sorted(e["ms"] for e in measured if e["outcome"] == "ok")
         if ms:
             figures["ok_latency_ms"] = {
                 "p50": ms[len(ms) // 2],
