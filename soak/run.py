@@ -34,6 +34,22 @@ BASE = "gemma-3-270m"
 MB = 1024 * 1024
 
 
+def load_models(base_url: str, key: str) -> None:
+    """One request per model and kind, so that both engines are loaded before RSS is read."""
+    import httpx
+
+    chat = {"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    with httpx.Client(base_url=base_url, timeout=300) as c:
+        for path, body in (
+            ("/v1/chat/completions", chat),
+            ("/v1/completions", {"model": BASE, "prompt": "Hello", "max_tokens": 4}),
+            ("/v1/embeddings", {"model": BASE, "input": "hello"}),
+        ):
+            r = c.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+            if r.status_code != 200:
+                raise RuntimeError(f"warm-up {path}: {r.status_code} {r.text[:300]}")
+
+
 def run_locust(*, server, args, prefix: str, ledger: Path, requests: int, csv: Path) -> float:
     """Locust headless until `requests` have ended (or --duration); seconds it took."""
     env = {
@@ -122,6 +138,7 @@ def main() -> int:
         print(f"soak {run_id}: server {server.base_url} (pid {server.process.pid})", flush=True)
         # Warm-up: the same traffic, so that every engine slot, pool and cache the
         # measured run touches already exists when RSS is first read.
+        load_models(server.base_url, server.api_key)
         warm_ledger = out / f"ledger-{run_id}-warm.jsonl"
         run_locust(
             server=server,
