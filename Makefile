@@ -15,7 +15,7 @@ LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 WHEELHOUSE := $(HOME)/.cache/llmsite/wheels-avx2
 
-.PHONY: install run test lint format bench clean browser
+.PHONY: install run test lint format bench clean browser soak fuzz load faults
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,31 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -e ".[dev,bench]"
 	$(BIN)/python bench/bench_decode.py
+
+# The reliability suite's long parts (README "Reliability suite"): schemathesis
+# against every operation, then Locust's mixed load with the accounting and
+# memory checks, each on its own daphne over PostgreSQL + Redis.
+SOAK_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+SOAK_REDIS_URL ?= redis://127.0.0.1:6379/15
+FUZZ_ARGS ?=
+LOAD_ARGS ?=
+
+soak: fuzz load faults
+
+$(VENV)/.soak-installed: $(STAMP) pyproject.toml
+	$(BIN)/pip install -e ".[dev,soak]"
+	$(BIN)/python manage.py prepare_model
+	touch $@
+
+fuzz: $(VENV)/.soak-installed
+	DATABASE_URL=$(SOAK_DATABASE_URL) REDIS_URL=$(SOAK_REDIS_URL) $(BIN)/python soak/fuzz.py $(FUZZ_ARGS)
+
+load: $(VENV)/.soak-installed
+	DATABASE_URL=$(SOAK_DATABASE_URL) REDIS_URL=$(SOAK_REDIS_URL) $(BIN)/python soak/run.py $(LOAD_ARGS)
+
+# Its own redis-server on a free port: the shared one is never stopped.
+faults: $(VENV)/.soak-installed
+	DATABASE_URL=$(SOAK_DATABASE_URL) $(BIN)/python soak/redis_fault.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -41,7 +41,7 @@ from billing.models import (
     QuotaCounter,
     TenantBilling,
 )
-from llmsite.errors import RateLimited
+from llmsite.errors import RateLimited, ServiceUnavailable
 
 logger = logging.getLogger("llmsite.quota")
 
@@ -356,7 +356,17 @@ class RedisBackend:
             args += [c.increment, c.limit, c.ttl]
         for _, limit in reservation.slots:
             args += [limit, reservation.lease_id, now_ms + LEASE_SECONDS * 1000]
-        result = self._script(keys=keys, args=args)
+        import redis
+
+        try:
+            result = self._script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            # Fail closed: without the counters nothing can be admitted safely. The
+            # client gets a clean 503; the next request after Redis returns works.
+            logger.error("quota store unavailable: %s", type(exc).__name__)
+            raise ServiceUnavailable(
+                "The quota store is unavailable; retry shortly.", headers={"Retry-After": "1"}
+            ) from exc
         failed, *rest = (int(x) for x in result)
         if failed:
             n = len(reservation.checks)

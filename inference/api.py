@@ -286,7 +286,7 @@ class BatchView(FanOutView):
         tags=["Batch"],
         request=BatchRequestSerializer,
         responses={
-            200: openapi.ok(openapi.BatchResult, openapi.BATCH_RESULT_EXAMPLE),
+            200: openapi.ok(openapi.BatchAnswer, openapi.BATCH_RESULT_EXAMPLE),
             400: ERRORS[400],
             401: ERRORS[401],
             413: ERRORS[413],
@@ -322,7 +322,7 @@ class CompareView(FanOutView):
         tags=["Compare"],
         request=CompareRequestSerializer,
         responses={
-            200: openapi.ok(openapi.CompareResult, openapi.COMPARE_RESULT_EXAMPLE),
+            200: openapi.ok(openapi.CompareAnswer, openapi.COMPARE_RESULT_EXAMPLE),
             400: ERRORS[400],
             401: ERRORS[401],
             413: ERRORS[413],

@@ -295,6 +295,66 @@ class CompareResult(ResponseSerializer):
     totals = FanOutTotals()
 
 
+class SeedResult(ResponseSerializer):
+    text = serializers.CharField(allow_null=True, allow_blank=True)
+    tokens = serializers.IntegerField(allow_null=True, help_text="Completion tokens.")
+    model = serializers.CharField(allow_null=True, help_text="The model that answered.")
+    latency = serializers.IntegerField(allow_null=True, help_text="Milliseconds.")
+    finish_reason = serializers.CharField(allow_null=True, help_text=FINISH_REASON_HELP)
+    usage = CompletionUsage(allow_null=True)
+    ttft_ms = serializers.IntegerField(required=False, allow_null=True, help_text="Compare.")
+    tokens_per_second = serializers.FloatField(required=False, allow_null=True)
+
+
+class SeedEntry(ResponseSerializer):
+    index = serializers.IntegerField()
+    custom_id = serializers.CharField(required=False)
+    model = serializers.CharField(required=False, help_text="Compare: the model asked.")
+    success = serializers.BooleanField()
+    status_code = serializers.IntegerField()
+    result = SeedResult(required=False, help_text="On success.")
+    error = serializers.CharField(
+        required=False, allow_blank=True, help_text="On failure: the message alone."
+    )
+    error_detail = ErrorDetail(required=False, help_text="On failure: the OpenAI error.")
+
+
+class SeedBatchResult(ResponseSerializer):
+    """LLM-Runner-Router's batch answer (inference.seed_api), for items in its form."""
+
+    object = Const("batch")
+    results = SeedEntry(many=True)
+    total = serializers.IntegerField()
+    successful = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    totals = FanOutTotals()
+
+
+class SeedComparison(ResponseSerializer):
+    """LLM-Runner-Router's compare answer (inference.seed_api), for a body with `options`."""
+
+    object = Const("comparison")
+    prompt = serializers.CharField(allow_null=True)
+    messages = serializers.ListField(child=serializers.DictField(), required=False)
+    models = serializers.ListField(child=serializers.CharField())
+    results = SeedEntry(many=True)
+    request_id = serializers.CharField()
+    totals = FanOutTotals()
+
+
+# A fan-out answers in the form it was asked in: llmsite's, or the seed's.
+BatchAnswer = PolymorphicProxySerializer(
+    component_name="BatchAnswer",
+    serializers=[BatchResult, SeedBatchResult],
+    resource_type_field_name=None,
+)
+CompareAnswer = PolymorphicProxySerializer(
+    component_name="CompareAnswer",
+    serializers=[CompareResult, SeedComparison],
+    resource_type_field_name=None,
+)
+
+
 class Sentiment(ResponseSerializer):
     label = serializers.ChoiceField(choices=["positive", "negative", "neutral"])  # type: ignore[assignment]  # OpenAI's field name shadows DRF's
     score = serializers.FloatField(min_value=0, max_value=1)

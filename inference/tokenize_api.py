@@ -9,7 +9,7 @@ llama-server and vLLM do); nothing is billed.
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
 from rest_framework import serializers
 
 from inference import services
@@ -94,11 +94,28 @@ class TokenPieceSerializer(serializers.Serializer):
     piece = serializers.CharField()
 
 
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {
+            "oneOf": [
+                {"type": "integer"},
+                {
+                    "type": "object",
+                    "properties": {"id": {"type": "integer"}, "piece": {"type": "string"}},
+                    "required": ["id", "piece"],
+                },
+            ]
+        },
+        "description": "Token ids; with `with_pieces`, objects {id, piece} instead.",
+    }
+)
+class TokensField(serializers.ListField):
+    pass
+
+
 class TokenizeResponseSerializer(serializers.Serializer):
-    tokens = serializers.ListField(
-        child=serializers.IntegerField(),
-        help_text="Token ids; with `with_pieces`, objects {id, piece} instead.",
-    )
+    tokens = TokensField()
     count = serializers.IntegerField()
     max_model_len = serializers.IntegerField(help_text="The model's context size per request.")
 
