@@ -26,7 +26,7 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from accounts.authentication import AnthropicApiKeyAuthentication, JWTTenantAuthentication
-from inference import services
+from inference import api, services
 from inference.api import InferenceView
 from inference.services import Completed, Streamed, StreamError
 from llmsite.errors import APIError, InvalidRequest, UnsupportedParameter, internal_error
@@ -46,6 +46,10 @@ UNSUPPORTED = {
     "inference_geo",
     "output_config",
     "output_format",
+    "diagnostics",
+    "speed",
+    "user_profile_id",
+    "workspace_id",
 }
 CREATE_FIELDS = {
     "model",
@@ -306,9 +310,7 @@ def messages_to_chat(body, *, count_only: bool = False) -> dict:
         chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         choice, parallel = _tool_choice(body["tool_choice"])
-        if choice == "none" and "tools" not in chat:
-            choice = None
-        if choice is not None:
+        if choice != "none" or "tools" in chat:
             chat["tool_choice"] = choice
         if parallel is not None and "tools" in chat:
             chat["parallel_tool_calls"] = parallel
@@ -547,16 +549,10 @@ async def message_frames(stream: Streamed) -> AsyncIterator[bytes]:
         await stream.aclose()
 
 
-def respond(result: Completed | Streamed, render=chat_to_message):
+def respond(result: Completed | Streamed) -> Response | StreamingHttpResponse:
     if isinstance(result, Completed):
-        return Response(render(result.body), headers=result.headers)
-    response = StreamingHttpResponse(message_frames(result), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    for name, value in result.headers.items():
-        response[name] = value
-    response._resource_closers.append(result.close_soon)
-    return response
+        return Response(chat_to_message(result.body), headers=result.headers)
+    return api.respond(result, frames=message_frames)
 
 
 # -- views -----------------------------------------------------------------------------------
@@ -619,6 +615,12 @@ class _AnthropicView(InferenceView):
 
     def get_exception_handler(self):
         return exception_handler
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # Anthropic's SDKs read the request id from `request-id`.
+        response["request-id"] = request._request.request_id
+        return response
 
     async def chat_body(self, request, *, count_only: bool) -> dict:
         body = await self.body(request)
