@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework.response import Response
 
 from accounts.authentication import AnthropicApiKeyAuthentication, JWTTenantAuthentication
+from inference import anthropic_schema as schema
 from inference import api, services
 from inference.api import InferenceView
 from inference.services import Completed, Streamed, StreamError
@@ -556,57 +556,6 @@ def respond(result: Completed | Streamed) -> Response | StreamingHttpResponse:
 
 
 # -- views -----------------------------------------------------------------------------------
-ERRORS = {
-    status: OpenApiResponse(OpenApiTypes.OBJECT, description=f"Anthropic error: {kind}")
-    for status, kind in (
-        (400, "invalid_request_error"),
-        (401, "authentication_error"),
-        (403, "permission_error"),
-        (404, "not_found_error"),
-        (429, "rate_limit_error"),
-        (503, "overloaded_error"),
-    )
-}
-MESSAGE_EXAMPLE = {
-    "model": "qwen2.5-coder-0.5b-instruct",
-    "max_tokens": 64,
-    "system": "You are terse.",
-    "messages": [{"role": "user", "content": "Say hello."}],
-}
-MESSAGE_RESPONSE = {
-    "id": "msg_0d8f4c2e9a7b4b1f8e3c2a1b0c9d8e7f",
-    "type": "message",
-    "role": "assistant",
-    "model": "qwen2.5-coder-0.5b-instruct",
-    "content": [{"type": "text", "text": "Hello!"}],
-    "stop_reason": "end_turn",
-    "stop_sequence": None,
-    "usage": {
-        "input_tokens": 21,
-        "output_tokens": 3,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-    },
-}
-TOOL_EXAMPLE = {
-    "model": "qwen2.5-coder-0.5b-instruct",
-    "max_tokens": 128,
-    "tools": [
-        {
-            "name": "get_weather",
-            "description": "The weather in a city.",
-            "input_schema": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        }
-    ],
-    "tool_choice": {"type": "auto"},
-    "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
-}
-
-
 class _AnthropicView(InferenceView):
     """Anthropic's routes: `x-api-key` as well as `Authorization: Bearer`, any
     `anthropic-version`, and errors in Anthropic's shape."""
@@ -643,13 +592,11 @@ class MessageView(_AnthropicView):
     @extend_schema(
         operation_id="createMessage",
         tags=["Anthropic Messages"],
-        request=OpenApiTypes.OBJECT,
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
-        parameters=None,
+        request=schema.AnthropicMessageRequest,
+        responses=schema.MESSAGE_RESPONSES,
         examples=[
-            OpenApiExample("message", request_only=True, value=MESSAGE_EXAMPLE),
-            OpenApiExample("tools", request_only=True, value=TOOL_EXAMPLE),
-            OpenApiExample("message", response_only=True, value=MESSAGE_RESPONSE),
+            OpenApiExample("message", request_only=True, value=schema.MESSAGE_REQUEST),
+            OpenApiExample("tools", request_only=True, value=schema.TOOL_REQUEST),
         ],
         description=(
             "Anthropic's Messages API on the same models, routes, quotas and usage records as "
@@ -681,15 +628,14 @@ class CountTokensView(_AnthropicView):
     @extend_schema(
         operation_id="countMessageTokens",
         tags=["Anthropic Messages"],
-        request=OpenApiTypes.OBJECT,
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **ERRORS},
+        request=schema.AnthropicCountTokensRequest,
+        responses=schema.COUNT_RESPONSES,
         examples=[
             OpenApiExample(
                 "count",
                 request_only=True,
-                value={k: v for k, v in MESSAGE_EXAMPLE.items() if k != "max_tokens"},
+                value={k: v for k, v in schema.MESSAGE_REQUEST.items() if k != "max_tokens"},
             ),
-            OpenApiExample("count", response_only=True, value={"input_tokens": 21}),
         ],
         description=(
             "The prompt tokens a /v1/messages request would use (its `usage.input_tokens`): "

@@ -311,6 +311,7 @@ SPECTACULAR_SETTINGS = {
         "TextCompletionObjectEnum": ["text_completion"],
         "AssistantRoleEnum": ["assistant"],
         "FunctionTypeEnum": ["function"],
+        "AnthropicMessageTypeEnum": ["message"],  # inference/anthropic_schema.py
     },
 }
 

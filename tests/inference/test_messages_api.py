@@ -427,3 +427,21 @@ def test_bearer_keys_work_too(client, qwen):
 def test_messages_are_in_the_openapi_schema(client):
     paths = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()["paths"]
     assert "post" in paths["/v1/messages"] and "post" in paths["/v1/messages/count_tokens"]
+
+
+def test_real_answers_fit_the_openapi_schema(key_client):
+    from django.test import Client
+
+    from tests.inference.test_openapi import assert_fits
+
+    schema = Client().get("/api/schema/?format=json").json()
+    body = {**HELLO, "system": "Be brief."}
+    assert_fits(schema, "AnthropicMessage", post(key_client, URL, body).json())
+    r = post(key_client, URL, {**body, "stream": True})
+    for frame in filter(None, read_stream(r).split("\n\n")):
+        assert_fits(schema, "AnthropicStreamEvent", json.loads(frame.split("\n")[1][6:]))
+    counted = {k: v for k, v in body.items() if k not in ("max_tokens", "temperature")}
+    assert_fits(schema, "AnthropicCountTokensResponse", post(key_client, COUNT, counted).json())
+    assert_fits(
+        schema, "AnthropicErrorResponse", post(key_client, URL, {**body, "model": "x"}).json()
+    )
