@@ -275,7 +275,7 @@ def ok(serializer, example: dict, description: str = "OK") -> OpenApiResponse:
     )
 
 
-MESSAGE_RESPONSES = {
+MESSAGE_RESPONSES: dict[int | tuple[int, str], OpenApiResponse] = {
     (200, "application/json"): ok(
         AnthropicMessage,
         MESSAGE,
@@ -301,4 +301,7 @@ MESSAGE_RESPONSES = {
     ),
     **ERRORS,
 }
-COUNT_RESPONSES = {200: ok(AnthropicCountTokensResponse, {"input_tokens": 21}), **ERRORS}
+COUNT_RESPONSES: dict[int, OpenApiResponse] = {
+    200: ok(AnthropicCountTokensResponse, {"input_tokens": 21}),
+    **ERRORS,
+}
