@@ -251,7 +251,7 @@ def _error(status: int, kind: str, message: str) -> OpenApiResponse:
     )
 
 
-ERRORS = {
+ERRORS: dict[int | tuple[int, str], OpenApiResponse] = {
     400: _error(400, "invalid_request_error", "max_tokens: Field required"),
     401: _error(401, "authentication_error", "Incorrect API key provided: sk-llm-ab***wxyz."),
     403: _error(403, "permission_error", "This API key lacks the `inference` scope."),
@@ -301,7 +301,7 @@ MESSAGE_RESPONSES: dict[int | tuple[int, str], OpenApiResponse] = {
     ),
     **ERRORS,
 }
-COUNT_RESPONSES: dict[int, OpenApiResponse] = {
+COUNT_RESPONSES: dict[int | tuple[int, str], OpenApiResponse] = {
     200: ok(AnthropicCountTokensResponse, {"input_tokens": 21}),
     **ERRORS,
 }
