@@ -511,7 +511,7 @@ async def message_frames(stream: Streamed) -> AsyncIterator[bytes]:
     """The stream as Anthropic's SSE events, with a `ping` whenever the model is
     silent for LLMSITE_MESSAGES_PING_S seconds (a long prompt's prefill)."""
     events = MessageEvents(input_tokens=stream.accounted.prompt_tokens)
-    interval = float(getattr(settings, "LLMSITE_MESSAGES_PING_S", 10.0))
+    interval = settings.LLMSITE_MESSAGES_PING_S
     items = aiter(stream.events)
     pending: asyncio.Future | None = None
     try:
