@@ -445,3 +445,53 @@ def test_real_answers_fit_the_openapi_schema(key_client):
     assert_fits(
         schema, "AnthropicErrorResponse", post(key_client, URL, {**body, "model": "x"}).json()
     )
+
+
+def test_a_tool_use_and_tool_result_conversation_is_answered_and_counted(key_client):
+    """The round trip's second half: the model reads its call and the result
+    (rendered by Qwen's template as tool turns) and answers in text."""
+    body = {
+        "model": QWEN,
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_01",
+                        "name": "get_weather",
+                        "input": {"city": "Paris"},
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": "Sunny, 24C"}
+                ],
+            },
+        ],
+    }
+    counted = post(key_client, COUNT, body)
+    assert counted.status_code == 200, counted.content
+    r = post(key_client, URL, {**body, "max_tokens": 6, "temperature": 0})
+    assert r.status_code == 200, r.content
+    answer = r.json()
+    assert answer["usage"]["input_tokens"] == counted.json()["input_tokens"]
+    assert answer["content"] and answer["stop_reason"] in ("end_turn", "max_tokens", "tool_use")
+
+
+def test_a_tool_result_for_no_call_is_a_400(key_client):
+    body = {
+        **HELLO,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "?"}],
+            }
+        ],
+    }
+    r = post(key_client, URL, body)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
