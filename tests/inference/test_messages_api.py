@@ -495,3 +495,20 @@ def test_a_tool_result_for_no_call_is_a_400(key_client):
     }
     r = post(key_client, URL, body)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_over_the_rate_limit_is_a_rate_limit_error_with_the_headers(key_client, fresh_minute):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    call_command("set_quota", "--tenant", "acme", "--rpm", "1", stdout=StringIO())
+    first = post(key_client, URL, HELLO)
+    assert first.status_code == 200, first.content
+    assert first["x-ratelimit-remaining-requests"] == "0"
+    r = post(key_client, URL, HELLO)
+    assert r.status_code == 429
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert int(r["Retry-After"]) >= 1
+    statuses = sorted(UsageRecord.objects.values_list("status", flat=True))
+    assert statuses == ["ok", "rejected"]
