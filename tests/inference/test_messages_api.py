@@ -512,3 +512,70 @@ def test_over_the_rate_limit_is_a_rate_limit_error_with_the_headers(key_client, 
     assert int(r["Retry-After"]) >= 1
     statuses = sorted(UsageRecord.objects.values_list("status", flat=True))
     assert statuses == ["ok", "rejected"]
+
+
+# -- tools end to end (needs tool calling in the chat service) -------------------------------
+def _tools_wired() -> bool:
+    import inference.backends as backends
+
+    return hasattr(backends, "ToolCallDelta")
+
+
+tools_wired = pytest.mark.skipif(
+    not _tools_wired(), reason="tool calling is not wired into the chat service on this branch"
+)
+FORCED = {
+    "model": QWEN,
+    "max_tokens": 64,
+    "temperature": 0,
+    "tools": [{**WEATHER, "input_schema": {**WEATHER["input_schema"], "required": ["city"]}}],
+    "tool_choice": {"type": "tool", "name": "get_weather"},
+    "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+}
+
+
+@tools_wired
+def test_a_tool_use_round_trip(key_client):
+    r = post(key_client, URL, FORCED)
+    assert r.status_code == 200, r.content
+    answer = r.json()
+    (call,) = [b for b in answer["content"] if b["type"] == "tool_use"]
+    assert call["name"] == "get_weather" and isinstance(call["input"].get("city"), str)
+    assert answer["stop_reason"] == "tool_use"
+    follow = {
+        **FORCED,
+        "tool_choice": {"type": "none"},
+        "max_tokens": 8,
+        "messages": [
+            *FORCED["messages"],
+            {"role": "assistant", "content": answer["content"]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "Sunny"}],
+            },
+        ],
+    }
+    r = post(key_client, URL, follow)
+    assert r.status_code == 200, r.content
+    assert r.json()["content"][0]["type"] == "text"
+    assert r.json()["stop_reason"] in ("end_turn", "max_tokens")
+
+
+@tools_wired
+def test_a_streamed_tool_use_comes_as_input_json_deltas(key_client):
+    whole = post(key_client, URL, FORCED).json()
+    r = post(key_client, URL, {**FORCED, "stream": True})
+    frames = [f for f in read_stream(r).split("\n\n") if f]
+    datas = [json.loads(f.split("\n")[1][6:]) for f in frames]
+    starts = [d for d in datas if d["type"] == "content_block_start"]
+    (tool,) = [d for d in starts if d["content_block"]["type"] == "tool_use"]
+    assert tool["content_block"]["name"] == "get_weather"
+    pieces = [
+        d["delta"]["partial_json"]
+        for d in datas
+        if d["type"] == "content_block_delta" and d["index"] == tool["index"]
+    ]
+    (whole_call,) = [b for b in whole["content"] if b["type"] == "tool_use"]
+    assert json.loads("".join(pieces)) == whole_call["input"]
+    (delta,) = [d for d in datas if d["type"] == "message_delta"]
+    assert delta["delta"]["stop_reason"] == "tool_use"
