@@ -154,3 +154,60 @@ def test_bearer_auth_token_works_too(server):
     client = anthropic.Anthropic(base_url=server.base_url, auth_token=server.api_key, max_retries=0)
     message = client.messages.create(model=CHAT, max_tokens=2, messages=MESSAGES)
     assert message.usage.output_tokens >= 1
+
+
+def _tools_wired() -> bool:
+    import inference.backends as backends
+
+    return hasattr(backends, "ToolCallDelta")
+
+
+@pytest.mark.skipif(not _tools_wired(), reason="tool calling is not wired on this branch")
+def test_sdk_tool_use_round_trip_whole_and_streamed(server, sdk):
+    tools = [
+        {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "input_schema": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        }
+    ]
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    forced = {"type": "tool", "name": "get_weather"}
+    request_id, headers = tagged()
+    message = sdk.messages.create(
+        model=CHAT,
+        max_tokens=64,
+        tools=tools,
+        tool_choice=forced,
+        messages=ask,
+        extra_body=GREEDY,
+        extra_headers=headers,
+    )
+    (call,) = [b for b in message.content if b.type == "tool_use"]
+    assert isinstance(call, anthropic.types.ToolUseBlock) and "city" in call.input
+    assert message.stop_reason == "tool_use"
+    assert [r[:2] for r in records(server, request_id)] == [("messages", "ok")]
+    with sdk.messages.stream(
+        model=CHAT, max_tokens=64, tools=tools, tool_choice=forced, messages=ask, extra_body=GREEDY
+    ) as stream:
+        final = stream.get_final_message()
+    (streamed,) = [b for b in final.content if b.type == "tool_use"]
+    assert streamed.input == call.input and final.stop_reason == "tool_use"
+    answer = sdk.messages.create(
+        model=CHAT,
+        max_tokens=8,
+        tools=tools,
+        messages=[
+            *ask,
+            {"role": "assistant", "content": message.content},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny"}],
+            },
+        ],
+    )
+    assert answer.content and answer.content[0].type == "text"
