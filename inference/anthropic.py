@@ -4,8 +4,8 @@ A thin adapter over the chat service. The request is translated into an OpenAI
 chat body (`messages_to_chat`), run by `services.chat_completion_create` under
 the endpoint name `messages` (so usage records tell the APIs apart), and the
 result translated back: a whole answer by `chat_to_message`, a stream by
-`MessageEvents` and `message_frames` (Anthropic's named SSE events). Errors keep their status and
-render in Anthropic's shape (`error_body`).
+`MessageEvents` and `message_frames` (Anthropic's named SSE events). Errors
+keep their status and render in Anthropic's shape (`error_body`).
 
 Every field is translated or refused by name; `cache_control` hints are the
 one thing accepted and ignored (prompt caching is the engine's own business).
