@@ -78,6 +78,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             )
         if not token.startswith(KEY_PREFIX):
             return None  # a JWT, perhaps: the next class decides
+        return self.authenticate_key(request, token)
+
+    def authenticate_key(self, request, token: str):
         key, generations = api_key_check(raw=token, actor_ip=client_ip(request))
         if key is None:
             raise exceptions.AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
@@ -92,6 +95,25 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
+
+
+class AnthropicApiKeyAuthentication(ApiKeyAuthentication):
+    """An API key as `Authorization: Bearer` or as Anthropic's `x-api-key` header
+    (the Messages routes). Both at once must be the same key; an `x-api-key` that
+    is not an API key is refused, never passed on to the JWT class."""
+
+    def authenticate(self, request):
+        raw = request.META.get("HTTP_X_API_KEY", "").strip()
+        if not raw:
+            return super().authenticate(request)
+        bearer = request.META.get("HTTP_AUTHORIZATION", "")
+        if bearer and bearer.partition(" ")[2].strip() != raw:
+            raise exceptions.AuthenticationFailed(
+                "Send one credential: `x-api-key` or `Authorization: Bearer`, not two."
+            )
+        if not raw.startswith(KEY_PREFIX):
+            raise exceptions.AuthenticationFailed(f"Incorrect API key provided: {_redact(raw)}.")
+        return self.authenticate_key(request, raw)
 
 
 class JWTTenantAuthentication(JWTAuthentication):
@@ -270,4 +292,17 @@ class StaffJWTAuthenticationScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "bearerFormat": "JWT",
             "description": "Access token of a staff user, from /api/auth/token/.",
+        }
+
+
+class AnthropicApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "accounts.authentication.AnthropicApiKeyAuthentication"
+    name = "AnthropicApiKeyAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "x-api-key",
+            "description": "API key `sk-llm-...` in `x-api-key` (or as `Authorization: Bearer`).",
         }

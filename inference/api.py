@@ -45,10 +45,12 @@ async def sse_frames(stream: Streamed) -> AsyncIterator[bytes]:
         await stream.aclose()
 
 
-def respond(result: Completed | Streamed) -> Response | StreamingHttpResponse:
+def respond(result: Completed | Streamed, frames=sse_frames) -> Response | StreamingHttpResponse:
+    """The result as a response; a stream's events as `frames(stream)` renders them
+    (OpenAI's `data:` events by default)."""
     if isinstance(result, Completed):
         return Response(result.body, headers=result.headers)
-    response = StreamingHttpResponse(sse_frames(result), content_type="text/event-stream")
+    response = StreamingHttpResponse(frames(result), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     for name, value in result.headers.items():

@@ -948,6 +948,24 @@ async def tokenizer_run(
         await acct.write()
 
 
+async def chat_prompt_count(
+    *, principal: Principal, body, request_id: str, endpoint: str
+) -> Completed:
+    """`{"prompt_tokens": N}` for an OpenAI chat body: its prompt built as the local
+    backend builds it for inference (template, tools), on the model's tokenizer.
+    One record, nothing billed (see `tokenizer_run`)."""
+    return await tokenizer_run(
+        principal=principal,
+        body=body,
+        request_id=request_id,
+        endpoint=endpoint,
+        serializer_class=ChatCompletionRequestSerializer,
+        work=lambda tokenizer, model, data: {
+            "prompt_tokens": len(chat_prompt(tokenizer, model, data)[0])
+        },
+    )
+
+
 # -- fan-out ----------------------------------------------------------------------------
 async def request_run(
     operation: str,

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from inference import api
+from inference import anthropic, api
 
 urlpatterns = [
     path("models", api.ModelListView.as_view(), name="models"),
@@ -10,5 +10,9 @@ urlpatterns = [
     path("embeddings", api.EmbeddingView.as_view(), name="embeddings"),
     path("batch", api.BatchView.as_view(), name="batch"),
     path("compare", api.CompareView.as_view(), name="compare"),
+    path("messages", anthropic.MessageView.as_view(), name="messages"),
+    path(
+        "messages/count_tokens", anthropic.CountTokensView.as_view(), name="messages-count-tokens"
+    ),
     path("analyze", api.AnalyzeView.as_view(), name="analyze"),
 ]

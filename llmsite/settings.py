@@ -45,6 +45,7 @@ Variables (all optional):
   LLMSITE_ROUTER_FAILURES failures in a row before a backend is cooled down (3)
   LLMSITE_ROUTER_COOLDOWN seconds a failing backend is passed over (30)
   LLMSITE_ROUTER_TIMEOUT  seconds to the first token before an alias falls back (60)
+  LLMSITE_MESSAGES_PING_S  seconds of silence before a /v1/messages stream sends `ping` (10)
   LLMSITE_WS_AUTH_TIMEOUT seconds a WebSocket may stay unauthenticated before 4401 (10)
   LLMSITE_REMOTE_TIMEOUT  seconds a remote backend may stay silent mid-response (120)
   LLMSITE_REMOTE_CONNECT_TIMEOUT  seconds to connect to a remote backend (5)
@@ -311,6 +312,7 @@ SPECTACULAR_SETTINGS = {
         "TextCompletionObjectEnum": ["text_completion"],
         "AssistantRoleEnum": ["assistant"],
         "FunctionTypeEnum": ["function"],
+        "AnthropicMessageTypeEnum": ["message"],  # inference/anthropic_schema.py
     },
 }
 
@@ -363,6 +365,7 @@ LLMSITE_ROUTER_STRATEGY = env_str("LLMSITE_ROUTER_STRATEGY", "balanced")
 LLMSITE_ROUTER_FAILURES = env_int("LLMSITE_ROUTER_FAILURES", 3, minimum=1)
 LLMSITE_ROUTER_COOLDOWN = env_int("LLMSITE_ROUTER_COOLDOWN", 30, minimum=0)
 LLMSITE_ROUTER_TIMEOUT = env_int("LLMSITE_ROUTER_TIMEOUT", 60, minimum=1)
+LLMSITE_MESSAGES_PING_S = env_int("LLMSITE_MESSAGES_PING_S", 10, minimum=1)
 LLMSITE_WS_AUTH_TIMEOUT = env_int("LLMSITE_WS_AUTH_TIMEOUT", 10, minimum=1)
 LLMSITE_REMOTE_TIMEOUT = env_int("LLMSITE_REMOTE_TIMEOUT", 120, minimum=1)
 LLMSITE_REMOTE_CONNECT_TIMEOUT = env_int("LLMSITE_REMOTE_CONNECT_TIMEOUT", 5, minimum=1)
