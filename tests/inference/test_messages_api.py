@@ -515,15 +515,7 @@ def test_over_the_rate_limit_is_a_rate_limit_error_with_the_headers(key_client, 
 
 
 # -- tools end to end (needs tool calling in the chat service) -------------------------------
-def _tools_wired() -> bool:
-    import inference.backends as backends
 
-    return hasattr(backends, "ToolCallDelta")
-
-
-tools_wired = pytest.mark.skipif(
-    not _tools_wired(), reason="tool calling is not wired into the chat service on this branch"
-)
 FORCED = {
     "model": QWEN,
     "max_tokens": 64,
@@ -534,7 +526,6 @@ FORCED = {
 }
 
 
-@tools_wired
 def test_a_tool_use_round_trip(key_client):
     r = post(key_client, URL, FORCED)
     assert r.status_code == 200, r.content
@@ -561,7 +552,6 @@ def test_a_tool_use_round_trip(key_client):
     assert r.json()["stop_reason"] in ("end_turn", "max_tokens")
 
 
-@tools_wired
 def test_a_streamed_tool_use_comes_as_input_json_deltas(key_client):
     whole = post(key_client, URL, FORCED).json()
     r = post(key_client, URL, {**FORCED, "stream": True})

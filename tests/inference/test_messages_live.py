@@ -156,13 +156,6 @@ def test_bearer_auth_token_works_too(server):
     assert message.usage.output_tokens >= 1
 
 
-def _tools_wired() -> bool:
-    import inference.backends as backends
-
-    return hasattr(backends, "ToolCallDelta")
-
-
-@pytest.mark.skipif(not _tools_wired(), reason="tool calling is not wired on this branch")
 def test_sdk_tool_use_round_trip_whole_and_streamed(server, sdk):
     tools = [
         {
