@@ -90,7 +90,7 @@ def _route_bare_view(principal) -> None:
     from accounts.authentication import Principal
     from inference import services
     from inference.accounting import Accounting
-    from inference.api import _respond
+    from inference.api import respond
     from llmsite import urls
     from llmsite.drf import AsyncAPIView
 
@@ -119,7 +119,7 @@ def _route_bare_view(principal) -> None:
         permission_classes = [AllowAny]
 
         async def post(self, request):
-            return _respond(
+            return respond(
                 await services.completion_create(
                     principal=bare,
                     body=request.data,
