@@ -644,7 +644,7 @@ class ToolRequest:
     """A chat request's tool fields, read once: what the three sides of the request need.
 
     - prompt: `template_tools` (the request's `tools`, or None) go to the chat
-      template with `template_messages(messages)`;
+      template (inference.chat_templates.chat_prompt turns call arguments into objects);
     - sampling: `grammar()` for "required" or a named function, else
       `lazy_grammar()` for "auto" where the engine supports lazy grammars;
     - output: `parser()` per choice, fed every text delta, then `finish()`.
@@ -701,29 +701,3 @@ def reply_message(reply: ParsedReply) -> dict:
 def reply_finish_reason(reply: ParsedReply | ToolCallStream, finish_reason: str) -> str:
     """`"tool_calls"` when the reply made calls, else the engine's own reason."""
     return "tool_calls" if reply.calls else finish_reason
-
-
-def template_messages(messages: list[dict]) -> list[dict]:
-    """Messages for a chat template: each tool call's `arguments` as an object.
-
-    OpenAI sends arguments as a JSON string; Hugging Face templates (Qwen's
-    among them) expect the object and `tojson` it themselves, as vLLM and
-    llama-server pass it. Text that is not a JSON object stays a string.
-    """
-    out = []
-    for message in messages:
-        calls = message.get("tool_calls")
-        if calls:
-            converted = []
-            for call in calls:
-                arguments = call["function"]["arguments"]
-                try:
-                    parsed = json.loads(arguments)
-                except ValueError:
-                    parsed = arguments
-                if not isinstance(parsed, dict):
-                    parsed = arguments
-                converted.append({**call, "function": {**call["function"], "arguments": parsed}})
-            message = {**message, "tool_calls": converted}
-        out.append(message)
-    return out

@@ -9,6 +9,7 @@ import llama_cpp.llama_cpp as llama_lib
 import pytest
 from rest_framework import exceptions as drf_exceptions
 
+from inference.chat_templates import template_messages
 from inference.serializers import MAX_TOOLS, ChatCompletionRequestSerializer
 from inference.tools import (
     MAX_PARALLEL_CALLS,
@@ -19,7 +20,6 @@ from inference.tools import (
     parse_tool_calls,
     reply_finish_reason,
     reply_message,
-    template_messages,
     tool_call_schema,
     tool_parser,
     tool_request,
