@@ -31,12 +31,13 @@ def _sse(payload: dict | str) -> bytes:
 
 
 async def sse_frames(stream: Streamed) -> AsyncIterator[bytes]:
-    """One `data:` event per chunk, then `data: [DONE]` unless the stream failed."""
+    """One `data:` event per chunk, then `data: [DONE]`; a stream that fails ends
+    with an `error` event and then `[DONE]` too, so every client sees the end."""
     try:
         async for item in stream.events:
             if isinstance(item, StreamError):
                 yield _sse(item.error.body())
-                return
+                break
             yield _sse(item)
         yield _sse("[DONE]")
     finally:

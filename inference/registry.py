@@ -248,6 +248,8 @@ class Registry:
     `idle_unload_seconds`.
     """
 
+    draining = False  # only `manage.py serve`'s gateways drain
+
     def __init__(self) -> None:
         self._engines: dict[str, LlamaEngine] = {}
         self._last_used: dict[str, float] = {}
@@ -418,4 +420,13 @@ def _matches(spec: ModelSpec, model: LLMModel) -> bool:
     )
 
 
-registry = Registry()
+def _registry():
+    """Worker processes under `manage.py serve`; engines in this process otherwise."""
+    if settings.LLMSITE_SUPERVISOR:
+        from inference.workers.client import WorkerRegistry
+
+        return WorkerRegistry(settings.LLMSITE_SUPERVISOR)
+    return Registry()
+
+
+registry = _registry()

@@ -51,6 +51,11 @@ Variables (all optional):
   LLMSITE_REMOTE_CONNECT_TIMEOUT  seconds to connect to a remote backend (5)
   LLMSITE_MEMORY_BUDGET_MB  MiB of GGUF kept loaded; LRU idle models make room (0: no cap)
   LLMSITE_BATCH_MAX       requests in one /v1/batch call (32)
+  LLMSITE_WEB_PROCESSES   gateway (daphne) processes `manage.py serve` runs on the one port
+                          (one per core, at most 8)
+  LLMSITE_WORKER_HANG_SECONDS  seconds a model worker may go without a heartbeat, or
+                          without step progress while it has work, before it is restarted (30)
+  LLMSITE_DRAIN_SECONDS   on SIGTERM, seconds in-flight requests get to finish (30)
 """
 
 from __future__ import annotations
@@ -179,6 +184,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "llmsite.middleware.request_context",
+    "inference.workers.middleware.refuse_while_draining",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -371,6 +377,13 @@ LLMSITE_REMOTE_TIMEOUT = env_int("LLMSITE_REMOTE_TIMEOUT", 120, minimum=1)
 LLMSITE_REMOTE_CONNECT_TIMEOUT = env_int("LLMSITE_REMOTE_CONNECT_TIMEOUT", 5, minimum=1)
 LLMSITE_MEMORY_BUDGET_MB = env_int("LLMSITE_MEMORY_BUDGET_MB", 0, minimum=0)
 LLMSITE_BATCH_MAX = env_int("LLMSITE_BATCH_MAX", 32, minimum=1)
+LLMSITE_WEB_PROCESSES = env_int("LLMSITE_WEB_PROCESSES", min(8, os.cpu_count() or 1), minimum=1)
+LLMSITE_WORKER_HANG_SECONDS = env_int("LLMSITE_WORKER_HANG_SECONDS", 30, minimum=1)
+LLMSITE_DRAIN_SECONDS = env_int("LLMSITE_DRAIN_SECONDS", 30, minimum=0)
+# Set by `manage.py serve` for the gateway processes it starts: the run dir of
+# the supervisor whose model workers they submit to. Unset: in-process engines
+# (what unit tests and a bare `daphne` get).
+LLMSITE_SUPERVISOR = env_str("LLMSITE_SUPERVISOR").strip()
 # Wiring, not configuration: a key's model allow-list may name only models its
 # tenant may use. inference owns that query; accounts calls it by this path, so
 # it never imports inference.

@@ -82,7 +82,11 @@ def _pg_drop(url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start(tmp_dir: Path, *, extra_env: dict | None = None) -> tuple[LiveServer, callable]:
+def start(
+    tmp_dir: Path, *, extra_env: dict | None = None, processes: int = 1
+) -> tuple[LiveServer, callable]:
+    """`manage.py serve` as `make run` starts it: `processes` gateway processes,
+    one model worker process per model under the supervisor."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env.update(
         {
@@ -90,6 +94,7 @@ def start(tmp_dir: Path, *, extra_env: dict | None = None) -> tuple[LiveServer, 
             "LLMSITE_PRELOAD": "1",
             "DJANGO_SETTINGS_MODULE": "llmsite.settings",
             "PYTHONUNBUFFERED": "1",
+            "LLMSITE_DRAIN_SECONDS": "3",
         }
     )
     env.update(extra_env or {})
@@ -124,13 +129,14 @@ def start(tmp_dir: Path, *, extra_env: dict | None = None) -> tuple[LiveServer, 
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "daphne",
-            "-b",
+            "manage.py",
+            "serve",
+            "--host",
             "127.0.0.1",
-            "-p",
+            "--port",
             str(port),
-            "llmsite.asgi:application",
+            "--processes",
+            str(processes),
         ],
         cwd=ROOT,
         env=env,
@@ -150,7 +156,7 @@ def start(tmp_dir: Path, *, extra_env: dict | None = None) -> tuple[LiveServer, 
     def stop() -> None:
         process.terminate()
         try:
-            process.wait(20)
+            process.wait(40)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
@@ -162,7 +168,7 @@ def start(tmp_dir: Path, *, extra_env: dict | None = None) -> tuple[LiveServer, 
     while True:
         if process.poll() is not None:
             stop()
-            raise RuntimeError(f"daphne exited early:\n{log_path.read_text()}")
+            raise RuntimeError(f"manage.py serve exited early:\n{log_path.read_text()}")
         try:
             if httpx.get(f"{server.base_url}/ready", timeout=5).status_code == 200:
                 break

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ from inference.grammar import json_schema_grammar
 from inference.models import LLMModel
 from inference.registry import MemoryBudgetExceeded, registry
 from inference.tools import ToolRequest, reply_finish_reason, tool_request
+from inference.workers.protocol import WorkerCrashed
 from llmsite.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -62,10 +64,7 @@ async def local_engine(model: LLMModel) -> LlamaEngine:
     if engine is not None:  # the common case: no thread hops
         return engine
     try:
-        engine = await sync_to_async(registry.engine_for, thread_sensitive=False)(model)
-        ready = await sync_to_async(engine.wait_ready, thread_sensitive=False)(
-            settings.LLMSITE_LOAD_TIMEOUT
-        )
+        engine, ready = await sync_to_async(_load, thread_sensitive=False)(model)
     except ModelLoadError as exc:
         logger.error("model %s unavailable: %s", model.model_id, exc)
         raise ModelUnavailable(
@@ -88,6 +87,34 @@ async def local_engine(model: LLMModel) -> LlamaEngine:
             headers={"Retry-After": "5"},
         )
     return engine
+
+
+def _load(model: LLMModel) -> tuple[LlamaEngine, bool]:
+    """Start (or find) the model's engine and wait for it, up to LLMSITE_LOAD_TIMEOUT.
+
+    An engine replaced while we waited (a model worker that crashed and was
+    restarted, an operator's reload) is followed to its successor.
+    """
+    deadline = time.monotonic() + settings.LLMSITE_LOAD_TIMEOUT
+    while True:
+        engine = registry.engine_for(model)
+        try:
+            return engine, engine.wait_ready(max(0.0, deadline - time.monotonic()))
+        except EngineClosed:
+            if time.monotonic() >= deadline:
+                return engine, False
+
+
+def worker_crashed(model_id: str, exc: WorkerCrashed) -> ServiceUnavailable:
+    """A 503 for a request whose model worker died or hung mid-request."""
+    error = ServiceUnavailable(
+        f"The model `{model_id}` stopped while serving this request ({exc}); it is being "
+        "restarted, retry shortly.",
+        code="model_worker_crashed",
+        headers={"Retry-After": "2"},
+    )
+    error.__cause__ = exc
+    return error
 
 
 def check_capacity(engine: LlamaEngine, jobs: int, owner: str | None = None) -> None:
@@ -383,6 +410,9 @@ class LocalGeneration:
         events = aiter(self.handles[0])
         try:
             self._peeked.append(await asyncio.wait_for(anext(events), timeout))
+        except WorkerCrashed as exc:
+            self._cancel()
+            raise worker_crashed(self.backend.model.model_id, exc) from exc
         except BaseException:
             self._cancel()
             raise
@@ -418,8 +448,11 @@ class LocalGeneration:
                 yield event
                 if isinstance(event, Finished):
                     return
-        async for event in handle:
-            yield event
+        try:
+            async for event in handle:
+                yield event
+        except WorkerCrashed as exc:
+            raise worker_crashed(self.backend.model.model_id, exc) from exc
 
     async def close(self) -> None:
         self._cancel()
@@ -482,6 +515,9 @@ class LocalEmbeddingJob:
             async for event in handle:
                 if isinstance(event, EmbeddingResult):
                     result = event
+        except WorkerCrashed as exc:
+            handle.cancel()
+            raise worker_crashed(self.backend.model.model_id, exc) from exc
         except BaseException:
             handle.cancel()
             raise

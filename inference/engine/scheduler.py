@@ -86,6 +86,7 @@ class LlamaEngine:
                 "grammar_full_passes",
                 "embedding_batches",
                 "embedding_jobs_cancelled",
+                "peak_active_sequences",
             ),
             0,
         )
@@ -240,6 +241,8 @@ class LlamaEngine:
                 try:
                     self._start(jobs)
                     self._compact()
+                    if len(self._active) > self._counters["peak_active_sequences"]:
+                        self._counters["peak_active_sequences"] = len(self._active)
                     if self._active:
                         try:
                             self._step()
