@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from inference.model_admin import ModelState, model_file_size, model_state
@@ -228,6 +228,39 @@ def engine_stats(engine: Any) -> dict[str, float]:
     return out
 
 
+def _worker_metrics() -> Iterator[Metric]:
+    """Model worker processes (under `manage.py serve`): up, crashes and restarts.
+
+    The supervisor's figures, so every gateway process reports the same ones.
+    """
+    workers = getattr(registry, "workers", None)
+    if workers is None:
+        return
+    views = workers()
+    up = GaugeMetricFamily(
+        "llmsite_model_worker_up",
+        "1 when the model's worker process is serving.",
+        labels=["model"],
+    )
+    crashes = CounterMetricFamily(
+        "llmsite_model_worker_crashes",
+        "Model worker processes that died or hung (and were killed).",
+        labels=["model"],
+    )
+    restarts = CounterMetricFamily(
+        "llmsite_model_worker_restarts",
+        "Model worker processes started again after a crash.",
+        labels=["model"],
+    )
+    for mid, view in sorted(views.items()):
+        up.add_metric([mid], 1.0 if view["state"] == "loaded" else 0.0)
+        crashes.add_metric([mid], view["crashes"])
+        restarts.add_metric([mid], view["restarts"])
+    yield up
+    yield crashes
+    yield restarts
+
+
 class _LiveCollector(Collector):
     """Reads the registry and the live figures on each scrape."""
 
@@ -272,6 +305,7 @@ class _LiveCollector(Collector):
         yield queue
         yield busy
         yield from extra.values()
+        yield from _worker_metrics()
 
         figures = live.all()
         in_flight = GaugeMetricFamily(

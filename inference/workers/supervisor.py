@@ -193,7 +193,6 @@ class Supervisor:
             if entry is None:
                 return {"unloaded": False}
             self._stop_worker(entry, publish=True)
-            self.on_event("model.unloaded", entry, {})
             return {"unloaded": True}
         if op == "state":
             return {
@@ -289,7 +288,8 @@ class Supervisor:
             if entry is None or entry.generation != view["generation"] or entry.process is None:
                 continue
             entry.last_heartbeat = now
-            if view["progress"] != entry.progress:
+            if view["progress"] != entry.progress or not entry.busy:
+                # Idle time is no lack of progress: the clock starts with work.
                 entry.progress, entry.progress_at = view["progress"], now
             entry.busy = view["busy"]
             if entry.busy:
