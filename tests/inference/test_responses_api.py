@@ -14,7 +14,7 @@ from accounts.services import api_key_issue
 from billing.models import UsageRecord
 from inference.models import StoredResponse
 from inference.responses import Plan, ResponseEvents, chat_to_response, response_plan
-from llmsite.errors import InvalidRequest, NotFound, UnsupportedParameter
+from llmsite.errors import InvalidRequest, UnsupportedParameter
 from tests.conftest import QWEN
 from tests.helpers import read_stream
 
