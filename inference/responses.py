@@ -21,7 +21,7 @@ import copy
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
@@ -727,6 +727,7 @@ class ResponseEvents:
 
     def _text(self, text: str) -> list[dict]:
         out = self._open_message() if self.text_at is None else []
+        assert self.text_at is not None
         item = self.output[self.text_at]
         item["content"][0]["text"] += text
         out.append(
@@ -823,30 +824,42 @@ async def _store(plan: Plan, response: dict) -> None:
         )
 
 
-async def response_frames(stream: Streamed, plan: Plan) -> AsyncIterator[bytes]:
-    """The stream as Responses' SSE events. The answer is stored (with `store`)
-    before its last event is sent, so a client that saw it can read it back."""
+async def response_events(stream: Streamed, plan: Plan) -> AsyncGenerator[dict, None]:
+    """The stream as Responses' events, for SSE and the WebSocket alike. The
+    answer is stored (with `store`) before its last event is sent, so a client
+    that saw it can read it back. Closing this generator ends the service's
+    stream, which frees the engine and bills what was sent."""
     events = ResponseEvents(plan, model=stream.headers.get("x-llmsite-model", ""))
     try:
         for event in events.start():
-            yield _frame(event)
+            yield event
         async for item in stream.events:
             if isinstance(item, StreamError):
                 last = events.fail(item.error)
                 await _store(plan, last[-1]["response"])
                 for event in last:
-                    yield _frame(event)
+                    yield event
                 return
             for event in events.feed(item):
-                yield _frame(event)
+                yield event
         last = events.finish_events()
         await _store(plan, last[-1]["response"])
         for event in last:
+            yield event
+    finally:
+        await stream.aclose()
+
+
+async def response_frames(stream: Streamed, plan: Plan) -> AsyncIterator[bytes]:
+    """Responses' SSE: `event: <type>` and `data: <event>` per event."""
+    events = response_events(stream, plan)
+    try:
+        async for event in events:
             yield _frame(event)
     finally:
-        # A client that left closes this generator: the service's stream must
-        # end now, so it frees the engine and bills what was sent.
-        await stream.aclose()
+        # A client that left closes this generator: close the events (and so the
+        # service's stream) now, not whenever they are collected.
+        await events.aclose()
 
 
 # -- stored responses: listing input items ----------------------------------------------------

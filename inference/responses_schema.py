@@ -7,7 +7,8 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, PolymorphicProxySerializer
 from rest_framework import serializers
 
-from inference.openapi import ERRORS, Const, ResponseSerializer, _error, ok
+from inference.openapi import ERRORS as _ERRORS
+from inference.openapi import Const, ResponseSerializer, _error, ok
 
 STATUSES = ["completed", "incomplete", "in_progress", "failed"]
 ITEM_STATUSES = ["completed", "incomplete", "in_progress"]
@@ -205,7 +206,7 @@ class ResponseDeleted(ResponseSerializer):
 
 class ResponseItemList(ResponseSerializer):
     object = Const("list")
-    data = serializers.ListField(
+    data = serializers.ListField(  # type: ignore[assignment]  # OpenAI's name shadows DRF's
         child=PolymorphicProxySerializer(
             component_name="ResponseInputItem",
             serializers=[
@@ -420,6 +421,9 @@ ITEM_LIST = {
     "first_id": "msg_9a7b0d8f4c2e1a3b5b1f0c9d8e7f4c2e",
     "last_id": "msg_9a7b0d8f4c2e1a3b5b1f0c9d8e7f4c2e",
     "has_more": False,
+}
+ERRORS: dict[int | tuple[int, str], OpenApiResponse] = {
+    status: response for status, response in _ERRORS.items()
 }
 NOT_FOUND = _error(
     404,
