@@ -42,7 +42,7 @@ RETRIEVE_ENDPOINT = "responses.retrieve"
 DELETE_ENDPOINT = "responses.delete"
 ITEMS_ENDPOINT = "responses.input_items"
 
-MAX_ITEMS = MAX_MESSAGES  # a conversation's items, inherited ones included
+MAX_ITEMS = MAX_MESSAGES - 1  # a conversation's items (inherited ones included), and instructions
 MAX_METADATA = 16
 MAX_ID = 128
 
