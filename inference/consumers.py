@@ -14,6 +14,12 @@ Protocol (JSON messages):
   `body` is a /v1/chat/completions body; the server answers with
   `{"type": "chat.completion.chunk", "request_id", "chunk"}` (the SSE chunk) and
   finally `{"type": "chat.completion.done", "request_id", "usage", "finish_reason"}`;
+- `{"type": "response.create", "request_id": "...", "body": {...}}` where `body` is a
+  /v1/responses body (always streamed, stored as over REST); the server answers
+  with `{"type": "response.event", "request_id", "event"}` for each of the SSE
+  stream's events, the last one `response.completed`, `response.incomplete` or
+  `response.failed` (a cancelled one ends with `{"type": "response.cancelled",
+  "request_id"}`);
 - `{"type": "cancel", "request_id"}` stops that generation within a decode step;
 - errors are `{"type": "error", "request_id", "error": {...}}`;
 - `{"type": "ping"}` is answered with `{"type": "pong"}`.
@@ -36,7 +42,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 
 from accounts.authentication import principal_check_inference, principal_from_token
-from inference import services
+from inference import responses, services
 from inference.services import Accounted, StreamError
 from llmsite.errors import APIError, InvalidRequest, RateLimited, internal_error
 from llmsite.middleware import REQUEST_ID as _REQUEST_ID
@@ -124,7 +130,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         request_id = content.get("request_id")
         if kind == "chat.completion.create":
-            await self._create(request_id, content.get("body"))
+            await self._create(request_id, content.get("body"), self._run)
+        elif kind == "response.create":
+            await self._create(request_id, content.get("body"), self._run_response)
         elif kind == "cancel":
             task = self.tasks.get(request_id) if isinstance(request_id, str) else None
             if task is not None:
@@ -182,7 +190,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.close(code=CLOSE_UNAUTHORIZED)
 
     # -- requests -------------------------------------------------------------------------
-    async def _create(self, request_id, body) -> None:
+    async def _create(self, request_id, body, run) -> None:
         if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
             await self._error(
                 None,
@@ -206,7 +214,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         if not await self._reauthenticate():
             return
-        self.tasks[request_id] = asyncio.create_task(self._run(request_id, body))
+        self.tasks[request_id] = asyncio.create_task(run(request_id, body))
 
     async def _run(self, request_id: str, body) -> None:
         body = body if isinstance(body, dict) else {}
@@ -245,6 +253,50 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.tasks.pop(request_id, None)
         accounted = result.accounted if result is not None else Accounted()
         await self._send_done(request_id, accounted, "cancelled" if cancelled else finish)
+
+    async def _run_response(self, request_id: str, body) -> None:
+        """A /v1/responses request: the SSE stream's events, one message each."""
+        body = {**body, "stream": True} if isinstance(body, dict) else body
+        record_id = f"ws_{uuid.uuid4().hex}"
+        stream = events = None
+        try:
+            try:
+                plan = await database_sync_to_async(responses.response_plan)(
+                    body, tenant=self.principal.tenant
+                )
+            except APIError as exc:
+                raise await services.request_refuse(
+                    principal=self.principal,
+                    endpoint=responses.ENDPOINT,
+                    request_id=record_id,
+                    error=exc,
+                    body=body,
+                ) from exc
+            stream = await services.chat_completion_create(
+                principal=self.principal,
+                body=plan.chat,
+                request_id=record_id,
+                endpoint=responses.ENDPOINT,
+            )
+            events = responses.response_events(stream, plan)
+            async for event in events:
+                await self.send_json(
+                    {"type": "response.event", "request_id": request_id, "event": event}
+                )
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # the socket may be gone
+                await self.send_json({"type": "response.cancelled", "request_id": request_id})
+        except APIError as exc:  # the service recorded it
+            await self._error(request_id, exc)
+        except Exception:
+            logger.exception("unhandled error in WebSocket request %s", request_id)
+            await self._error(request_id, internal_error())
+        finally:
+            if events is not None:
+                await events.aclose()  # closes the stream: frees the engine, writes the record
+            elif stream is not None:
+                await stream.aclose()
+            self.tasks.pop(request_id, None)
 
     async def _send_done(self, request_id: str, accounted: Accounted, finish) -> None:
         # The socket may already be gone (a disconnect cancelled this request).

@@ -164,3 +164,25 @@ class AliasCandidate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias.name} -> {self.model.model_id}"
+
+
+class StoredResponse(models.Model):
+    """A /v1/responses answer kept for `previous_response_id`, GET and input_items
+    (`store: true`, OpenAI's default) until `expires_at`; an expired row reads as absent."""
+
+    tenant = models.ForeignKey(
+        "accounts.Tenant", on_delete=models.CASCADE, related_name="stored_responses"
+    )
+    response_id = models.CharField(max_length=64, unique=True)
+    response = models.JSONField(help_text="The Response object as it was answered.")
+    input_items = models.JSONField(
+        default=list, help_text="The whole conversation's input items, inherited ones included."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.response_id

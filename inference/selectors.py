@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from django.utils import timezone
+
 from accounts.models import ApiKey, Tenant
-from inference.models import LLMModel, LLMModelQuerySet
-from llmsite.errors import ModelNotFound
+from inference.models import LLMModel, LLMModelQuerySet, StoredResponse
+from llmsite.errors import ModelNotFound, NotFound
 
 
 def model_queryset(*, tenant: Tenant, api_key: ApiKey | None = None) -> LLMModelQuerySet:
@@ -31,3 +33,19 @@ def model_get(*, tenant: Tenant, model_id: str, api_key: ApiKey | None = None) -
     if model is None:
         raise ModelNotFound(model_id)
     return model
+
+
+def stored_response_get(
+    *, tenant: Tenant, response_id: str, param: str | None = None
+) -> StoredResponse:
+    """The tenant's stored response; another tenant's, an expired or an unknown one is a 404."""
+    row = (
+        StoredResponse.objects.filter(
+            tenant=tenant, response_id=response_id, expires_at__gt=timezone.now()
+        )
+        .only("response_id", "response", "input_items")
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"Response with id '{response_id}' not found.", param=param)
+    return row

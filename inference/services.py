@@ -25,10 +25,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.utils import timezone
 from rest_framework.serializers import Serializer
 
 from accounts.authentication import Principal
@@ -47,7 +49,7 @@ from inference.backends import (
 )
 from inference.backends.local import _tokenize_chat, chat_prompt  # noqa: F401 - re-exported
 from inference.engine import EngineError, ModelLoadError
-from inference.models import LLMModel
+from inference.models import LLMModel, StoredResponse
 from inference.router import health, route_resolve
 from inference.serializers import (
     ChatCompletionRequestSerializer,
@@ -895,6 +897,14 @@ async def _read(acct: Accounting, read) -> Completed:
         await acct.write()
 
 
+async def request_read(
+    *, principal: Principal, request_id: str, endpoint: str, read: Callable[[], dict]
+) -> Completed:
+    """A read-only request (a stored response, its input items): one request per
+    minute and one record, nothing billed; `read()` runs in a thread."""
+    return await _read(_start(principal, endpoint, request_id, None), read)
+
+
 async def model_list(*, principal: Principal, request_id: str) -> Completed:
     acct = _start(principal, "models", request_id, None)
     return await _read(
@@ -995,3 +1005,24 @@ async def request_run(
         return await _embedding_run(**kwargs)
     spec = COMPLETIONS if operation == "completions" else CHAT
     return await _text_create(spec, **kwargs)
+
+
+# -- /v1/responses storage -------------------------------------------------------------
+def stored_response_save(*, tenant, response: dict, input_items: list[dict]) -> None:
+    """Keep a Responses answer for LLMSITE_RESPONSES_RETENTION_DAYS, and prune
+    what expired meanwhile (any tenant's: expired rows are nobody's data)."""
+    now = timezone.now()
+    StoredResponse.objects.filter(expires_at__lte=now).delete()
+    StoredResponse.objects.create(
+        tenant=tenant,
+        response_id=response["id"],
+        response=response,
+        input_items=input_items,
+        expires_at=now + timedelta(days=settings.LLMSITE_RESPONSES_RETENTION_DAYS),
+    )
+
+
+def stored_response_delete(*, tenant, response_id: str) -> dict:
+    row = selectors.stored_response_get(tenant=tenant, response_id=response_id)
+    StoredResponse.objects.filter(pk=row.pk).delete()
+    return {"id": response_id, "object": "response.deleted", "deleted": True}

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from inference import anthropic, api
+from inference import anthropic, api, responses
 
 urlpatterns = [
     path("models", api.ModelListView.as_view(), name="models"),
@@ -13,6 +13,17 @@ urlpatterns = [
     path("messages", anthropic.MessageView.as_view(), name="messages"),
     path(
         "messages/count_tokens", anthropic.CountTokensView.as_view(), name="messages-count-tokens"
+    ),
+    path("responses", responses.ResponseCreateView.as_view(), name="responses"),
+    path(
+        "responses/<str:response_id>",
+        responses.ResponseDetailView.as_view(),
+        name="response-detail",
+    ),
+    path(
+        "responses/<str:response_id>/input_items",
+        responses.ResponseInputItemsView.as_view(),
+        name="response-input-items",
     ),
     path("analyze", api.AnalyzeView.as_view(), name="analyze"),
 ]

@@ -19,6 +19,7 @@ V1_POSTS = [
     "/v1/batch",
     "/v1/compare",
     "/v1/analyze",
+    "/v1/responses",
 ]
 
 
