@@ -21,6 +21,7 @@ that worker.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import os
@@ -182,7 +183,7 @@ class WorkerEngine:
         check_grammar(grammar)
         if grammar in self._grammars_ok:
             return
-        error = self.client.request(self, "grammar", grammar)
+        error: list | None = self.client.request(self, "grammar", grammar)  # type: ignore[assignment]
         if error is not None:
             raise ERRORS.get(error[0], EngineError)(error[1])
         self._grammars_ok[grammar] = None
@@ -263,7 +264,9 @@ class WorkerClient:
             try:
                 reply = unpack(sock.recv())
             except zmq.Again:
-                raise EngineError(f"the model supervisor did not answer within {timeout} s")
+                raise EngineError(
+                    f"the model supervisor did not answer within {timeout} s"
+                ) from None
         finally:
             sock.close()
         view = reply.get("worker")
@@ -349,10 +352,8 @@ class WorkerClient:
                 continue
             for sock, _ in ready:
                 if sock == self._wake_r:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 65536)
-                    except BlockingIOError:
-                        pass
                 elif sock is self._sub:
                     self._read_views()
                 else:
@@ -498,7 +499,7 @@ class WorkerRegistry:
                 raise MemoryBudgetExceeded(reply["error"])
             raise EngineError(reply["error"])
         engine = self.client.engine(reply["worker"])
-        engine._llm  # the tokenizer, loaded now (off the event loop) rather than mid-request
+        engine.n_vocab  # noqa: B018 - loads the tokenizer now (off the event loop), not mid-request
         return engine
 
     def ready_engine(self, model) -> WorkerEngine | None:

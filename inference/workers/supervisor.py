@@ -377,4 +377,3 @@ def _file_size(path: str) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
-

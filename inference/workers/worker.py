@@ -16,6 +16,7 @@ If the supervisor dies, the worker exits too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from collections import defaultdict
 import zmq
 import zmq.asyncio
 
-from inference.engine import EngineError, LlamaEngine
+from inference.engine import EngineError, Handle, LlamaEngine
 from inference.workers.protocol import (
     event_to_wire,
     pack,
@@ -57,7 +58,7 @@ class Worker:
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.SNDHWM, 4)
         self.push.connect(config["heartbeat"])
-        self.jobs: dict[tuple[bytes, int], object] = {}
+        self.jobs: dict[tuple[bytes, int], Handle] = {}
         self.outbox: dict[bytes, list] = defaultdict(list)
         self.flush_pending = False
         self.stopping = False
@@ -131,12 +132,10 @@ class Worker:
             error = None
         except Exception as exc:
             error = event_to_wire(exc)[1:]
-        try:
+        with contextlib.suppress(zmq.ZMQError):
             self.router.send_multipart(
                 [ident, pack(["reply", request_id, error])], flags=zmq.NOBLOCK
             )
-        except zmq.ZMQError:
-            pass
 
     async def receive(self) -> None:
         while True:
@@ -177,10 +176,8 @@ class Worker:
                 logger.error("worker %s: the supervisor is gone; exiting", self.spec.model_id)
                 os._exit(1)
             view = await asyncio.to_thread(self.view)
-            try:
+            with contextlib.suppress(zmq.ZMQError):
                 self.push.send(pack(view), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
             await asyncio.sleep(HEARTBEAT_S)
 
     async def run(self) -> None:

@@ -9,6 +9,7 @@ ends its requests cleanly and comes back while the other model keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,8 +44,16 @@ def servers(tmp_path_factory, django_db_blocker):
     port = live.free_port()
     log = (data_dir / "gateway-b.log").open("wb")
     gateway_b = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-        + ["llmsite.asgi:application"],
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "llmsite.asgi:application",
+        ],
         cwd=live.ROOT,
         env={**srv.env, "LLMSITE_SUPERVISOR": lock["run_dir"]},
         stdout=log,
@@ -243,9 +252,7 @@ def test_a_worker_killed_mid_stream_ends_the_stream_and_comes_back(servers, sig)
     failed = rows[0]
     assert failed[1] == "error" and failed[2] >= sent >= 1
     assert rows[1][1] == "ok"
-    crashes = srv.query(
-        "SELECT data FROM accounts_auditlog WHERE action = 'model.worker_crashed'"
-    )
+    crashes = srv.query("SELECT data FROM accounts_auditlog WHERE action = 'model.worker_crashed'")
     assert any(str(pid) in str(row[0]) for row in crashes)
     metrics = httpx.get(f"{srv.base_url}/metrics").text
     assert f'llmsite_model_worker_crashes_total{{model="{CHAT}"}}' in metrics
@@ -258,10 +265,8 @@ def test_a_hung_worker_is_detected_and_restarted(servers):
     try:
         view = wait_loaded(srv, CHAT, pid, timeout=HANG_SECONDS + 60)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
     assert view["crashes"] >= 1
     client = sdk(srv.base_url, srv.api_key)
     reply = client.chat.completions.create(

@@ -106,7 +106,9 @@ class Command(BaseCommand):
         try:
             listener = socket.create_server((options["host"], options["port"]), backlog=1024)
         except OSError as exc:
-            raise CommandError(f"cannot listen on {options['host']}:{options['port']}: {exc}")
+            raise CommandError(
+                f"cannot listen on {options['host']}:{options['port']}: {exc}"
+            ) from exc
         listener.set_inheritable(True)
 
         supervisor = Supervisor(
