@@ -38,7 +38,7 @@ run: $(STAMP)
 	@echo "Demo API key (shown once; tenant 'demo'):"
 	@tail -n 1 $(VENV)/demo-key.txt && rm -f $(VENV)/demo-key.txt
 	@echo "Serving on http://$(HOST):$(PORT)  (OpenAI base URL: http://$(HOST):$(PORT)/v1)"
-	LLMSITE_PRELOAD=1 $(BIN)/daphne -b $(HOST) -p $(PORT) llmsite.asgi:application
+	LLMSITE_PRELOAD=1 $(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
 # The playground's browser test drives Debian's Chromium (Playwright's own
 # browser download cannot reach its servers here).

@@ -87,6 +87,7 @@ class Config:
     slots: int
     ban: dict[str, float]  # logit_bias that keeps every request going to max_tokens
     fresh: bool = False  # a new prompt per client in every round
+    web_processes: int = 1  # llmsite's gateway processes (manage.py serve --processes)
 
 
 @dataclass
@@ -287,7 +288,9 @@ def start_llmsite(cfg: Config, workdir: Path, stack: contextlib.ExitStack) -> Ta
            f".update(n_parallel={cfg.slots}, n_ctx={N_CTX})")  # fmt: skip
     port = free_port()
     log_path = workdir / "llmsite.log"
-    cmd = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "llmsite.asgi:application"]
+    # As `make run` serves: gateway processes, the model in its own worker process.
+    cmd = [sys.executable, "manage.py", "serve", "--port", str(port)]
+    cmd += ["--processes", str(cfg.web_processes)]
     proc = stack.enter_context(server_process(cmd, log_path, env))
     base = f"http://127.0.0.1:{port}"
     wait_until_ready(proc, f"{base}/ready", log_path)
@@ -449,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fresh-prompts", action="store_true", help="a new prompt per client every round"
     )
+    parser.add_argument(
+        "--web-processes", type=int, default=1, help="llmsite gateway processes (serve)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -463,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         slots=args.slots,
         ban=eog_bias(model_path),
         fresh=args.fresh_prompts,
+        web_processes=args.web_processes,
     )
     systems = {
         LLMSITE: start_llmsite,

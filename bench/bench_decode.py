@@ -387,7 +387,8 @@ def bench_llmsite(cfg: Config, workdir: Path) -> SystemResult:
     key = manage(env, "create_api_key", "--tenant", "bench", "--name", "bench").split()[-1]
     port = free_port()
     log_path = workdir / "llmsite.log"
-    cmd = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "llmsite.asgi:application"]
+    # As `make run` serves: a gateway process, the model in its own worker process.
+    cmd = [sys.executable, "manage.py", "serve", "--port", str(port), "--processes", "1"]
     with server_process(cmd, log_path, env) as proc:
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(proc, f"{base}/ready", log_path)
