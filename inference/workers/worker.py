@@ -54,6 +54,9 @@ class Worker:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.bind(config["address"])
+        # Sends go through a plain (synchronous) view of the same socket, from this
+        # loop's thread: a send that fails raises here instead of into a Future.
+        self.sender = zmq.Socket.shadow(self.router.underlying)
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.SNDHWM, 4)
@@ -77,7 +80,7 @@ class Worker:
         outbox, self.outbox = self.outbox, defaultdict(list)
         for ident, items in outbox.items():
             try:
-                self.router.send_multipart([ident, pack(["events", items])], flags=zmq.NOBLOCK)
+                self.sender.send_multipart([ident, pack(["events", items])], flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 # That gateway is gone: nobody reads its jobs' tokens any more.
                 for (owner_ident, _), handle in list(self.jobs.items()):
@@ -133,7 +136,7 @@ class Worker:
         except Exception as exc:
             error = event_to_wire(exc)[1:]
         with contextlib.suppress(zmq.ZMQError):
-            self.router.send_multipart(
+            self.sender.send_multipart(
                 [ident, pack(["reply", request_id, error])], flags=zmq.NOBLOCK
             )
 
