@@ -340,7 +340,9 @@ def message_id(chat_id: str) -> str:
     return "msg_" + (chat_id.rsplit("-", 1)[-1] or uuid.uuid4().hex)
 
 
-def stop_reason(finish_reason: str | None) -> str:
+def stop_reason(finish_reason: str | None, stop_sequence: str | None = None) -> str:
+    if stop_sequence is not None and finish_reason in (None, "stop"):
+        return "stop_sequence"
     return STOP_REASONS.get(finish_reason or "stop", "end_turn")
 
 
@@ -361,8 +363,9 @@ def _tool_input(arguments: str):
     return value if isinstance(value, dict) else {}
 
 
-def chat_to_message(chat: dict) -> dict:
-    """A whole chat completion as an Anthropic Message."""
+def chat_to_message(chat: dict, stop_sequence: str | None = None) -> dict:
+    """A whole chat completion as an Anthropic Message; `stop_sequence` is the
+    request's stop string that ended it, if one did (OpenAI's shape cannot say)."""
     choice = chat["choices"][0]
     message = choice["message"]
     content: list[dict] = []
@@ -384,8 +387,8 @@ def chat_to_message(chat: dict) -> dict:
         "role": "assistant",
         "model": chat["model"],
         "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason")),
-        "stop_sequence": None,
+        "stop_reason": stop_reason(choice.get("finish_reason"), stop_sequence),
+        "stop_sequence": stop_sequence,
         "usage": _usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
     }
 
@@ -480,7 +483,8 @@ class MessageEvents:
                 self.finish_reason = choice["finish_reason"]
         return out
 
-    def finish(self) -> list[tuple[str, dict]]:
+    def finish(self, stop_sequence: str | None = None) -> list[tuple[str, dict]]:
+        """The closing events; `stop_sequence` as for `chat_to_message`."""
         out = [] if self.started else self.start({})
         out += self._close()
         out.append(
@@ -489,8 +493,8 @@ class MessageEvents:
                 {
                     "type": "message_delta",
                     "delta": {
-                        "stop_reason": stop_reason(self.finish_reason),
-                        "stop_sequence": None,
+                        "stop_reason": stop_reason(self.finish_reason, stop_sequence),
+                        "stop_sequence": stop_sequence,
                     },
                     "usage": {"output_tokens": self.output_tokens},
                 },
@@ -537,7 +541,7 @@ async def message_frames(stream: Streamed) -> AsyncIterator[bytes]:
                 return
             for name, data in events.feed(item):
                 yield _frame(name, data)
-        for name, data in events.finish():
+        for name, data in events.finish(stream.stop_sequences.get(0)):
             yield _frame(name, data)
     finally:
         if pending is not None and not pending.done():
@@ -551,7 +555,8 @@ async def message_frames(stream: Streamed) -> AsyncIterator[bytes]:
 
 def respond(result: Completed | Streamed) -> Response | StreamingHttpResponse:
     if isinstance(result, Completed):
-        return Response(chat_to_message(result.body), headers=result.headers)
+        message = chat_to_message(result.body, result.stop_sequences.get(0))
+        return Response(message, headers=result.headers)
     return api.respond(result, frames=message_frames)
 
 
@@ -640,7 +645,8 @@ class CountTokensView(_AnthropicView):
         description=(
             "The prompt tokens a /v1/messages request would use (its `usage.input_tokens`): "
             "the model's own chat template and tokenizer. Nothing is billed; the request "
-            "counts towards requests per minute. `model` names a model (not an alias)."
+            "counts towards requests per minute. `model` is a model id, an alias or `auto`, "
+            "counted on the model /v1/messages would route it to first."
         ),
     )
     async def post(self, request):

@@ -32,7 +32,7 @@ class AnthropicMetadataParam(serializers.Serializer):
 
 
 class AnthropicCountTokensRequest(serializers.Serializer):
-    model = serializers.CharField(help_text="A model id (count_tokens: not an alias).")
+    model = serializers.CharField(help_text="A model id, an alias or `auto`.")
     messages = AnthropicMessageParam(many=True)
     system = serializers.JSONField(required=False, help_text="A string or text blocks.")
     tools = AnthropicToolParam(many=True, required=False)

@@ -21,7 +21,6 @@ plus in-flight requests. Declared figures (quality, cost, weight) come from the 
 
 from __future__ import annotations
 
-import itertools
 import random
 import threading
 import time
@@ -112,14 +111,17 @@ def _least_loaded(cands: list[Candidate], _name: str) -> tuple[int, str]:
     return best, f"least loaded ({cands[best].load} queued or running)"
 
 
-_turns: dict[str, itertools.count] = {}
+_turns: dict[str, int] = {}
 _turns_lock = threading.Lock()
 
 
-def _round_robin(cands: list[Candidate], name: str) -> tuple[int, str]:
+def _round_robin(cands: list[Candidate], name: str, *, take: bool = True) -> tuple[int, str]:
+    """`take=False` names the next turn without taking it (a request that only
+    asks where it would go must not shift the rotation of those that go)."""
     with _turns_lock:
-        counter = _turns.setdefault(name, itertools.count())
-        turn = next(counter)
+        turn = _turns.get(name, 0)
+        if take:
+            _turns[name] = turn + 1
     index = turn % len(cands)
     return index, f"turn {index + 1} of {len(cands)}"
 
@@ -244,11 +246,14 @@ def candidates_of(models: list[LLMModel]) -> list[Candidate]:
     ]
 
 
-def order_candidates(models: list[LLMModel], strategy: str, name: str) -> tuple[list, str]:
+def order_candidates(
+    models: list[LLMModel], strategy: str, name: str, *, peek: bool = False
+) -> tuple[list, str]:
     """The try order: the strategy's pick among healthy models, then fallback order.
 
     Cooled-down models go last rather than away: when everything is cooling
-    down, trying one beats refusing the request.
+    down, trying one beats refusing the request. `peek`: the order a request
+    would get now, leaving round-robin's turn to the next real one.
     """
     now = time.time()
     cooled = {m.model_id for m in models if health.cooling(m.model_id, now)}
@@ -256,7 +261,10 @@ def order_candidates(models: list[LLMModel], strategy: str, name: str) -> tuple[
     cooling = [m for m in models if m.model_id in cooled]
     if not healthy:
         return cooling, "every candidate is cooling down"
-    index, reason = STRATEGY_FUNCS[strategy](candidates_of(healthy), name)
+    if peek and strategy == "round-robin":
+        index, reason = _round_robin(candidates_of(healthy), name, take=False)
+    else:
+        index, reason = STRATEGY_FUNCS[strategy](candidates_of(healthy), name)
     first = healthy[index]
     rest = [m for m in healthy if m is not first]
     if cooling:
@@ -276,13 +284,15 @@ def route_resolve(
     name: str,
     capability: str,
     generations: tuple[int, int] | None = None,
+    peek: bool = False,
 ) -> Route:
     """The models `name` may route to for this caller, in try order. Sync: reads the DB.
 
     Raises ModelNotFound when the caller may use nothing under that name, and a
     400 when the name exists but none of its models can serve `capability`.
     `generations`: the tenant's AuthGeneration values this request already read
-    (authenticating its key), saving the route cache a read of its own.
+    (authenticating its key), saving the route cache a read of its own. `peek`:
+    for a request that generates nothing (see `order_candidates`).
     """
     cache_key = (tenant.pk, api_key.pk if api_key is not None else None, name)
     found, generations = _routes.get(cache_key, generations)
@@ -308,7 +318,7 @@ def route_resolve(
             param="model",
             code="model_not_supported",
         )
-    order, reason = order_candidates(able, strategy, name)
+    order, reason = order_candidates(able, strategy, name, peek=peek)
     return Route(name=name, strategy=strategy, reason=reason, order=order)
 
 

@@ -95,6 +95,9 @@ class Completed:
     body: dict
     headers: dict[str, str]
     accounted: Accounted = field(default_factory=Accounted)
+    # By choice: the request's stop string that ended it, where one did. OpenAI's
+    # shape says only "stop"; Anthropic's Messages names the string.
+    stop_sequences: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ class Streamed:
     @property
     def accounted(self) -> Accounted:
         return self._owner.acct_view()
+
+    @property
+    def stop_sequences(self) -> dict[int, str]:
+        """As Completed's, filled in as each choice ends."""
+        return self._owner.stop_sequences
 
     async def aclose(self) -> None:
         await self._owner.aclose()
@@ -502,11 +510,15 @@ async def _text_attempt(spec: _Text, data: dict, acct: Accounting, attempt: _Att
     return gen, await _collect(spec, data, gen, acct)
 
 
-async def _collect(spec: _Text, data: dict, gen: Generation, acct: Accounting) -> list[dict]:
-    """Read a generation to its end and shape the whole answer."""
+async def _collect(
+    spec: _Text, data: dict, gen: Generation, acct: Accounting
+) -> tuple[list[dict], dict[int, str]]:
+    """Read a generation to its end and shape the whole answer: its choices, and
+    the stop string that ended each choice where one did."""
     texts: dict[int, list[str]] = {}
     entries: dict[int, list] = {}
     finish: dict[int, str | None] = {}
+    stops: dict[int, str] = {}
     counts: dict[int, int] = {}
     calls: dict[int, dict[int, dict]] = {}
     usage: Usage | None = None
@@ -530,6 +542,8 @@ async def _collect(spec: _Text, data: dict, gen: Generation, acct: Accounting) -
             elif isinstance(event, Finish):
                 texts.setdefault(event.index, [])
                 finish[event.index] = event.reason
+                if event.stop_sequence is not None:
+                    stops[event.index] = event.stop_sequence
                 if event.completion_tokens is not None:
                     counts[event.index] = event.completion_tokens
             elif isinstance(event, Usage):
@@ -548,7 +562,7 @@ async def _collect(spec: _Text, data: dict, gen: Generation, acct: Accounting) -
         text = prefix + "".join(texts[index])
         whole_calls = _whole_calls(calls[index]) if index in calls else None
         choices.append(spec.whole_choice(index, text, finish.get(index), lp, whole_calls))
-    return choices
+    return choices, stops
 
 
 async def _text_create(
@@ -566,7 +580,7 @@ async def _text_create(
     handed_over = False
     try:
         data = validate(body) if validate else _validated(spec.serializer, body)
-        (gen, choices), attempt = await _routed(
+        (gen, collected), attempt = await _routed(
             principal=principal,
             data=data,
             acct=acct,
@@ -585,6 +599,7 @@ async def _text_create(
             handed_over = True
             return Outcome(Streamed(owner, _headers(acct)), None, _view(acct))
         _observe(acct, model.model_id, ok=True, attempt_started=attempt.started)
+        choices, stops = collected
         answer = {
             **_envelope(meta, spec.object),
             "choices": choices,
@@ -592,7 +607,8 @@ async def _text_create(
         }
         if shape is not None:
             answer = shape(answer)
-        return Outcome(Completed(answer, _headers(acct), _view(acct)), None, _view(acct))
+        completed = Completed(answer, _headers(acct), _view(acct), stops)
+        return Outcome(completed, None, _view(acct))
     except Exception as exc:
         acct.fail(exc)
         await _count_refused_prompt(acct, exc)
@@ -622,6 +638,7 @@ class _StreamOwner:
         self._chunks = self._render()
         self._started = False
         self._done = False
+        self.stop_sequences: dict[int, str] = {}
 
     def acct_view(self) -> Accounted:
         return _view(self.acct)
@@ -704,6 +721,8 @@ class _StreamOwner:
                     if event.text or lp:
                         yield self._chunk(spec.piece(event.index, event.text, None, lp))
                 elif isinstance(event, Finish):
+                    if event.stop_sequence is not None:
+                        self.stop_sequences[event.index] = event.stop_sequence
                     closing = spec.piece(event.index, None, event.reason, None)
                     yield self._chunk(closing)
             if include_usage:
@@ -933,16 +952,35 @@ async def tokenizer_run(
     endpoint: str,
     serializer_class: type[Serializer],
     work: Callable[[Any, LLMModel, dict], dict],
+    capability: Callable[[dict], str] | None = None,
 ) -> Completed:
     """Run `work(tokenizer, model, data)` on the named model's own tokenizer, in a
     worker thread: one request and one record (nothing billed), a model the
-    caller may not use a 404, as everywhere."""
+    caller may not use a 404, as everywhere.
+
+    With `capability` (of the validated body), `model` may also be an alias or
+    `auto`: the model is the one a generation of that capability would try
+    first now, without taking a round-robin turn from one."""
     acct = _start(principal, endpoint, request_id, body)
     try:
         data = _validated(serializer_class, body)
-        model = await sync_to_async(selectors.model_get)(
-            tenant=principal.tenant, api_key=principal.api_key, model_id=data["model"]
-        )
+        if capability is None:
+            model = await sync_to_async(selectors.model_get)(
+                tenant=principal.tenant, api_key=principal.api_key, model_id=data["model"]
+            )
+        else:
+            acct.model_id = data["model"]
+            route = await sync_to_async(route_resolve)(
+                tenant=principal.tenant,
+                api_key=principal.api_key,
+                name=data["model"],
+                capability=capability(data),
+                generations=principal.generations,
+                peek=True,
+            )
+            model = route.order[0]
+            acct.headers["x-llmsite-model"] = model.model_id
+            acct.headers["x-llmsite-route"] = route.header(model, 0)
         acct.model_id = model.model_id
         tokenizer = await backend_for(model).tokenizer()
         await acct.reserve(model=None, max_completion_tokens=0)
@@ -962,14 +1000,16 @@ async def chat_prompt_count(
     *, principal: Principal, body, request_id: str, endpoint: str
 ) -> Completed:
     """`{"prompt_tokens": N}` for an OpenAI chat body: its prompt built as the local
-    backend builds it for inference (template, tools), on the model's tokenizer.
-    One record, nothing billed (see `tokenizer_run`)."""
+    backend builds it for inference (template, tools), on the tokenizer of the
+    model the chat would be routed to (a model id, an alias or `auto`). One
+    record, nothing billed (see `tokenizer_run`)."""
     return await tokenizer_run(
         principal=principal,
         body=body,
         request_id=request_id,
         endpoint=endpoint,
         serializer_class=ChatCompletionRequestSerializer,
+        capability=CHAT.capability,
         work=lambda tokenizer, model, data: {
             "prompt_tokens": len(chat_prompt(tokenizer, model, data)[0])
         },

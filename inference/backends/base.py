@@ -42,6 +42,9 @@ class Finish:
     index: int
     reason: str  # "stop", "length", or what a remote backend said
     completion_tokens: int | None = None  # the backend's own count, when it keeps one
+    # The request's own stop string that ended the choice (reason "stop"); None
+    # for the model's natural end, and from a backend that cannot tell.
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)

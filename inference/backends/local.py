@@ -392,6 +392,7 @@ class LocalGeneration:
     n: int
     owner: str | None = None
     tools: ToolRequest | None = None  # a chat's tool fields: its replies are parsed for calls
+    stops: tuple[str, ...] = ()  # the request's own stop strings, not its chat format's
     grammar_param: str = "response_format"  # what a grammar the engine refuses is blamed on
     handles: list = field(default_factory=list)
     _peeked: list = field(default_factory=list)
@@ -437,7 +438,14 @@ class LocalGeneration:
                             for out in _parsed(TextDelta(index, ""), parser.finish()):
                                 yield out
                             reason = reply_finish_reason(parser, reason)
-                        yield Finish(index, reason, event.completion_tokens)
+                        # A chat format's own stop strings end a turn naturally.
+                        stop = event.stop_sequence if event.stop_sequence in self.stops else None
+                        yield Finish(
+                            index,
+                            reason,
+                            event.completion_tokens,
+                            stop if reason == "stop" else None,
+                        )
         finally:
             self._cancel()
 
@@ -580,6 +588,7 @@ class LocalBackend:
             n=request.data["n"],
             owner=request.owner,
             tools=tools,
+            stops=tuple(request.data["stop"]),
             grammar_param=grammar_param or "response_format",
         )
 

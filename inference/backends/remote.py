@@ -311,6 +311,8 @@ def _choice_events(choice: dict) -> list[Event]:
         out.append(TextDelta(index, text, 1 if text or calls else 0, entries))
     out.extend(calls)
     if choice.get("finish_reason"):
+        # OpenAI's shape says "stop" for a stop string and for the model's own
+        # end alike: which stop string matched is unknown here.
         out.append(Finish(index, choice["finish_reason"]))
     return out
 

@@ -25,6 +25,9 @@ class Finished:
     finish_reason: str  # "stop", "length" or "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    # The stop string that ended the text (finish_reason "stop"); None for the
+    # model's own end of generation token, a length or a cancel.
+    stop_sequence: str | None = None
 
 
 @dataclass

@@ -626,17 +626,17 @@ class LlamaEngine:
                 self._token_logprob(token, piece, params.logprobs, row, stored)
             )
         text = seq.held + seq.decoder.decode(piece)
-        emit, seq.held, stopped = split_stop(text, tuple(s for s in params.stop if s))
+        emit, seq.held, stop = split_stop(text, tuple(s for s in params.stop if s))
         if emit or (seq.pending_logprobs and not seq.held):
             handle.emit(TextDelta(emit, seq.pending_logprobs, seq.unsent), self._deferred)
             seq.pending_logprobs = []
             seq.unsent = 0
-        if stopped:
-            self._finish(seq, "stop")
+        if stop is not None:
+            self._finish(seq, "stop", stop)
         elif seq.completion_tokens >= params.max_tokens or len(seq.tokens) >= self.spec.n_ctx:
             self._finish(seq, "length")
 
-    def _finish(self, seq: Seq, reason: str) -> None:
+    def _finish(self, seq: Seq, reason: str, stop: str | None = None) -> None:
         handle = seq.job.handle
         if reason != "cancelled":
             tail = seq.held + seq.decoder.decode(b"", final=True)
@@ -646,7 +646,7 @@ class LlamaEngine:
         # request finished no longer counts its sequence.
         self._retire(seq)
         self._snapshot_cells()
-        handle.emit(Finished(reason, seq.prompt_len, seq.completion_tokens))
+        handle.emit(Finished(reason, seq.prompt_len, seq.completion_tokens, stop))
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)

@@ -15,13 +15,18 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-def split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
-    """Split `text` into (safe to emit, withheld, stop string found)."""
+def split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, str | None]:
+    """Split `text` into (safe to emit, withheld, the stop string found or None).
+
+    Of stop strings found, the one that begins first ends the text; of those
+    beginning at the same place, the shortest (fed a character at a time, it
+    would have matched first)."""
     if not stops:
-        return text, "", False
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    if cut >= 0:
-        return text[:cut], "", True
+        return text, "", None
+    found = [(i, len(stop), stop) for stop in stops if (i := text.find(stop)) >= 0]
+    if found:
+        cut, _, stop = min(found)
+        return text[:cut], "", stop
     # Withhold the longest suffix that could still grow into a stop string.
     keep = 0
     for stop in stops:
@@ -30,5 +35,5 @@ def split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
                 keep = n
                 break
     if keep:
-        return text[:-keep], text[-keep:], False
-    return text, "", False
+        return text[:-keep], text[-keep:], None
+    return text, "", None

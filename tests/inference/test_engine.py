@@ -123,14 +123,38 @@ async def test_cancelled_async_consumer_frees_the_engine(engine):
 @pytest.mark.parametrize(
     ("text", "stops", "expected"),
     [
-        ("hello world", ("wor",), ("hello ", "", True)),
-        ("hello wo", ("world",), ("hello ", "wo", False)),
-        ("hello", ("x",), ("hello", "", False)),
-        ("abc", (), ("abc", "", False)),
+        ("hello world", ("wor",), ("hello ", "", "wor")),
+        ("hello wo", ("world",), ("hello ", "wo", None)),
+        ("hello", ("x",), ("hello", "", None)),
+        ("abc", (), ("abc", "", None)),
+        # The stop string that begins first ends the text, and names itself.
+        ("say hello world", ("world", "lo"), ("say hel", "", "lo")),
+        ("abcd", ("abc", "ab"), ("", "", "ab")),
     ],
 )
 def test_split_stop(text, stops, expected):
     assert _split_stop(text, stops) == expected
+
+
+def stop_inside(text: str) -> str:
+    """A few characters from the middle of `text`, found nowhere earlier in it."""
+    for start in range(len(text) // 2, len(text) - 2):
+        stop = text[start : start + 3]
+        if stop.strip() and text.find(stop) > 0:
+            return stop
+    raise AssertionError(f"no stop string to take from {text!r}")
+
+
+def test_finished_names_the_stop_string_that_ended_the_text(engine):
+    tokens = engine.tokenize("The numbers from one to twenty are")
+    free, finished = collect(engine.submit(tokens, SamplingParams(max_tokens=24, temperature=0)))
+    assert finished.finish_reason == "length" and finished.stop_sequence is None
+    stop = stop_inside(free)
+    params = SamplingParams(max_tokens=24, temperature=0, stop=("never-in-the-text", stop))
+    text, finished = collect(engine.submit(tokens, params))
+    assert finished.finish_reason == "stop"
+    assert finished.stop_sequence == stop
+    assert text == free[: free.find(stop)]
 
 
 def test_close_finishes_queued_jobs_then_refuses_new_ones(gemma):

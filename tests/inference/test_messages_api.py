@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_issue
 from billing.models import UsageRecord
 from inference.anthropic import MessageEvents, chat_to_message, messages_to_chat
 from llmsite.errors import InvalidRequest, UnsupportedParameter
-from tests.conftest import QWEN
+from tests.conftest import MODEL, QWEN
 from tests.helpers import read_stream
 
 URL, COUNT = "/v1/messages", "/v1/messages/count_tokens"
@@ -322,6 +323,17 @@ def test_streamed_chunks_become_anthropic_events_in_order():
     }
 
 
+def test_a_stop_string_is_a_stop_sequence_and_the_models_own_end_an_end_turn():
+    answer = chat_answer({"role": "assistant", "content": "1, 2"}, "stop")
+    assert chat_to_message(answer)["stop_reason"] == "end_turn"
+    msg = chat_to_message(answer, ", 3")
+    assert (msg["stop_reason"], msg["stop_sequence"]) == ("stop_sequence", ", 3")
+    events = MessageEvents(input_tokens=3)
+    events.feed({"id": "chatcmpl-x", "choices": [{"index": 0, "finish_reason": "stop"}]})
+    (delta,) = [d for name, d in events.finish(", 3") if name == "message_delta"]
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": ", 3"}
+
+
 # -- the endpoints ------------------------------------------------------------------------------
 @pytest.fixture
 def key_client(api_key, qwen) -> APIClient:
@@ -356,6 +368,97 @@ def test_count_tokens_equals_the_input_tokens_inference_reports(key_client):
     assert set(count.json()) == {"input_tokens"}
     answer = post(key_client, URL, body).json()
     assert count.json()["input_tokens"] == answer["usage"]["input_tokens"]
+
+
+def stream_events(response) -> list[dict]:
+    frames = [f for f in read_stream(response).split("\n\n") if f]
+    return [json.loads(f.split("\n")[1].removeprefix("data: ")) for f in frames]
+
+
+def streamed_text(events: list[dict]) -> str:
+    return "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+
+
+def stop_inside(text: str) -> str:
+    """A few characters from the middle of `text`, found nowhere earlier in it."""
+    for start in range(len(text) // 2, len(text) - 2):
+        stop = text[start : start + 3]
+        if stop.strip() and text.find(stop) > 0:
+            return stop
+    raise AssertionError(f"no stop string to take from {text!r}")
+
+
+COUNTING = {
+    "model": QWEN,
+    "max_tokens": 24,
+    "temperature": 0,
+    "messages": [{"role": "user", "content": "Count from 1 to 20, separated by commas."}],
+}
+
+
+def test_a_stop_sequence_hit_is_named_whole_and_streamed(key_client, client):
+    free = post(key_client, URL, COUNTING).json()
+    text = free["content"][0]["text"]
+    assert free["stop_sequence"] is None and free["stop_reason"] != "stop_sequence"
+    stop = stop_inside(text)
+    body = {**COUNTING, "stop_sequences": ["never in the text", stop]}
+
+    whole = post(key_client, URL, body).json()
+    assert (whole["stop_reason"], whole["stop_sequence"]) == ("stop_sequence", stop)
+    assert whole["content"] == [{"type": "text", "text": text[: text.find(stop)]}]
+
+    events = stream_events(post(key_client, URL, {**body, "stream": True}))
+    (delta,) = [e for e in events if e["type"] == "message_delta"]
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": stop}
+    assert streamed_text(events) == text[: text.find(stop)]
+
+    # OpenAI's chat shape says "stop" for a stop string, and nothing more.
+    chat = post(client, "/v1/chat/completions", {**COUNTING, "stop": [stop]}).json()
+    assert chat["choices"][0]["finish_reason"] == "stop"
+    assert chat["choices"][0]["message"]["content"] == text[: text.find(stop)]
+
+
+def test_the_models_own_end_is_end_turn_even_with_stop_sequences(key_client):
+    body = {**HELLO, "max_tokens": 64, "stop_sequences": ["never in the text"]}
+    whole = post(key_client, URL, body).json()
+    assert (whole["stop_reason"], whole["stop_sequence"]) == ("end_turn", None)
+    events = stream_events(post(key_client, URL, {**body, "stream": True}))
+    (delta,) = [e for e in events if e["type"] == "message_delta"]
+    assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+
+
+def test_count_tokens_routes_an_alias_as_create_does(key_client, gemma):
+    # Two models with their own templates and tokenizers, taking turns: each
+    # count names the model the next create gets, and takes no turn from it.
+    call_command("add_alias", "turns", "--strategy", "round-robin", "--models", f"{QWEN},{MODEL}")
+    body = {**HELLO, "model": "turns", "system": "Be brief."}
+    counted_body = {k: v for k, v in body.items() if k not in ("max_tokens", "temperature")}
+    answered = []
+    for _ in range(2):
+        count = post(key_client, COUNT, counted_body)
+        assert count.status_code == 200, count.content
+        answer = post(key_client, URL, body)
+        assert count["x-llmsite-model"] == answer["x-llmsite-model"]
+        assert count.json()["input_tokens"] == answer.json()["usage"]["input_tokens"]
+        answered.append(answer["x-llmsite-model"])
+    assert sorted(answered) == sorted([QWEN, MODEL])
+
+
+def test_count_tokens_takes_auto(key_client):
+    body = {**HELLO, "model": "auto"}
+    counted_body = {k: v for k, v in body.items() if k not in ("max_tokens", "temperature")}
+    count = post(key_client, COUNT, counted_body)
+    assert count.status_code == 200, count.content
+    answer = post(key_client, URL, body)
+    assert count["x-llmsite-model"] == answer["x-llmsite-model"]
+    assert count.json()["input_tokens"] == answer.json()["usage"]["input_tokens"]
+
+
+def test_count_tokens_of_an_unknown_name_is_not_found_error(key_client):
+    r = post(key_client, COUNT, {"model": "no-such-alias", "messages": HELLO["messages"]})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    rows = list(UsageRecord.objects.values_list("endpoint", "status"))
+    assert rows == [("messages.count_tokens", "error")]
 
 
 def test_streamed_messages_are_anthropics_events(key_client):

@@ -130,6 +130,41 @@ def test_sdk_count_tokens_equals_input_tokens(server, sdk):
     assert [r[:2] for r in records(server, request_id)] == [("messages.count_tokens", "ok")]
 
 
+def test_sdk_count_tokens_takes_an_alias(server, sdk):
+    server.manage("add_alias", "live-chat", "--strategy", "quality-first", "--models", CHAT)
+    counted = sdk.messages.count_tokens(model="live-chat", messages=MESSAGES)
+    message = sdk.messages.create(model="live-chat", max_tokens=1, messages=MESSAGES)
+    assert message.model == CHAT
+    assert counted.input_tokens == message.usage.input_tokens > 0
+
+
+def test_sdk_stop_sequence_whole_and_streamed(sdk):
+    ask = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
+    free = sdk.messages.create(model=CHAT, max_tokens=24, extra_body=GREEDY, messages=ask)
+    text = free.content[0].text
+    # A few characters from the middle of the free answer, found nowhere earlier.
+    stop = next(
+        text[i : i + 3]
+        for i in range(len(text) // 2, len(text) - 2)
+        if text[i : i + 3].strip() and text.find(text[i : i + 3]) > 0
+    )
+    kwargs = dict(
+        model=CHAT,
+        max_tokens=24,
+        extra_body=GREEDY,
+        messages=ask,
+        stop_sequences=["never in the text", stop],
+    )
+    message = sdk.messages.create(**kwargs)
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == stop
+    assert message.content[0].text == text[: text.find(stop)]
+    with sdk.messages.stream(**kwargs) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+    assert streamed == message.content[0].text and stop not in streamed
+
+
 def test_sdk_typed_errors(server, sdk):
     bad = anthropic.Anthropic(base_url=server.base_url, api_key="sk-llm-wrong", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError) as exc:
