@@ -320,6 +320,8 @@ SPECTACULAR_SETTINGS = {
         "AssistantRoleEnum": ["assistant"],
         "FunctionTypeEnum": ["function"],
         "AnthropicMessageTypeEnum": ["message"],  # inference/anthropic_schema.py
+        "ResponseStatusEnum": "inference.responses_schema.STATUSES",
+        "ResponseItemStatusEnum": "inference.responses_schema.ITEM_STATUSES",
     },
 }
 
