@@ -51,7 +51,6 @@ from typing import Any
 
 import httpx
 from bench_decode import (
-    BIN,
     LLMSITE_MODEL,
     N_CTX,
     BenchError,

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decode import (  # noqa: E402
+from bench_decode import (
     BIN,
     free_port,
     manage,

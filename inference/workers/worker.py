@@ -56,7 +56,7 @@ class Worker:
         self.router.bind(config["address"])
         # Sends go through a plain (synchronous) view of the same socket, from this
         # loop's thread: a send that fails raises here instead of into a Future.
-        self.sender = zmq.Socket.shadow(self.router.underlying)
+        self.sender: zmq.Socket = zmq.Socket.shadow(self.router.underlying)
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.SNDHWM, 4)
