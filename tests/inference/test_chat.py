@@ -72,29 +72,26 @@ def test_chat_is_deterministic_with_a_seed(client):
 
 
 def test_json_object_mode_output_parses(client):
-    # The bundled model is a small base model: an open-ended object may run on
-    # to max_tokens (OpenAI's JSON mode says the same), and which prompts it
-    # closes depends on the last bits of the arithmetic. Every object that the
-    # model did close parses, and the penalty makes it close at least one.
+    # The instruct model closes a small object in a few dozen tokens; an object
+    # that still ran to max_tokens (OpenAI's JSON mode allows it) is only checked
+    # to start as one. Every object the model did close parses.
     contents = [
         'Reply with a JSON object with keys "animal" and "legs" for a cat.',
-        'Give a JSON object with keys "animal" and "legs" for a dog.',
         'Reply with a short JSON object with keys "name" and "age".',
-        'Reply with a JSON object with the keys "animal" and "legs" describing a cat.',
     ]
     stopped = 0
     for content in contents:
         r = post(
             client,
+            model="qwen2.5-coder-0.5b-instruct",
             messages=[{"role": "user", "content": content}],
-            max_tokens=300,
+            max_tokens=120,
             temperature=0,
-            frequency_penalty=1.0,
             response_format={"type": "json_object"},
         )
         choice = r.json()["choices"][0]
         assert choice["finish_reason"] in {"stop", "length"}, choice
-        assert choice["message"]["content"].startswith("{"), choice
+        assert choice["message"]["content"].lstrip().startswith("{"), choice
         if choice["finish_reason"] == "stop":
             stopped += 1
             assert isinstance(json.loads(choice["message"]["content"]), dict)
