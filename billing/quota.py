@@ -17,16 +17,19 @@ Windows are fixed and in UTC: the minute, the day, the month.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import logging
 import math
 import os
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F
@@ -41,6 +44,7 @@ from billing.models import (
     QuotaCounter,
     TenantBilling,
 )
+from llmsite.db import pooled
 from llmsite.errors import RateLimited, ServiceUnavailable
 
 logger = logging.getLogger("llmsite.quota")
@@ -345,10 +349,14 @@ class RedisBackend:
     def __init__(self, url: str) -> None:
         import redis
 
+        self._url = url
         self._client = redis.Redis.from_url(url)
         self._script = self._client.register_script(_RESERVE_LUA)
+        # redis.asyncio clients belong to the loop that made them: one per loop.
+        self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def reserve(self, reservation: Reservation) -> None:
+    @staticmethod
+    def _script_input(reservation: Reservation) -> tuple[list[str], list]:
         now_ms = int(time.time() * 1000)
         keys = [c.key for c in reservation.checks] + [s for s, _ in reservation.slots]
         args: list = [now_ms, len(reservation.checks)]
@@ -356,17 +364,19 @@ class RedisBackend:
             args += [c.increment, c.limit, c.ttl]
         for _, limit in reservation.slots:
             args += [limit, reservation.lease_id, now_ms + LEASE_SECONDS * 1000]
-        import redis
+        return keys, args
 
-        try:
-            result = self._script(keys=keys, args=args)
-        except redis.RedisError as exc:
-            # Fail closed: without the counters nothing can be admitted safely. The
-            # client gets a clean 503; the next request after Redis returns works.
-            logger.error("quota store unavailable: %s", type(exc).__name__)
-            raise ServiceUnavailable(
-                "The quota store is unavailable; retry shortly.", headers={"Retry-After": "1"}
-            ) from exc
+    @staticmethod
+    def _unavailable(exc: Exception) -> ServiceUnavailable:
+        # Fail closed: without the counters nothing can be admitted safely. The
+        # client gets a clean 503; the next request after Redis returns works.
+        logger.error("quota store unavailable: %s", type(exc).__name__)
+        return ServiceUnavailable(
+            "The quota store is unavailable; retry shortly.", headers={"Retry-After": "1"}
+        )
+
+    @staticmethod
+    def _apply(reservation: Reservation, result) -> None:
         failed, *rest = (int(x) for x in result)
         if failed:
             n = len(reservation.checks)
@@ -375,14 +385,55 @@ class RedisBackend:
             raise _refusal(None, reservation.slots[failed - n - 1][1], rest[0])
         reservation.values = {c.key: v for c, v in zip(reservation.checks, rest)}
 
+    def reserve(self, reservation: Reservation) -> None:
+        import redis
+
+        keys, args = self._script_input(reservation)
+        try:
+            result = self._script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        self._apply(reservation, result)
+
+    def _async_script(self):
+        """The reservation script on this event loop's redis.asyncio client."""
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        script = self._async.get(loop)
+        if script is None:
+            client = redis.asyncio.Redis.from_url(self._url)
+            script = self._async[loop] = client.register_script(_RESERVE_LUA)
+        return script
+
+    async def reserve_async(self, reservation: Reservation) -> None:
+        """reserve, on the event loop: the same script over redis.asyncio."""
+        import redis
+
+        keys, args = self._script_input(reservation)
+        try:
+            result = await self._async_script()(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        self._apply(reservation, result)
+
     def settle(self, reservation: Reservation, deltas: dict[str, int]) -> None:
         pipe = self._client.pipeline(transaction=False)
+        self._settle_commands(pipe, reservation, deltas)
+        pipe.execute()
+
+    async def settle_async(self, reservation: Reservation, deltas: dict[str, int]) -> None:
+        pipe = self._async_script().registered_client.pipeline(transaction=False)
+        self._settle_commands(pipe, reservation, deltas)
+        await pipe.execute()
+
+    @staticmethod
+    def _settle_commands(pipe, reservation: Reservation, deltas: dict[str, int]) -> None:
         for key, delta in deltas.items():
             if delta:
                 pipe.incrby(key, delta)
         for scope, _ in reservation.slots:
             pipe.zrem(scope, reservation.lease_id)
-        pipe.execute()
 
 
 class DatabaseBackend:
@@ -489,8 +540,87 @@ def quota_reserve(
 ) -> Reservation:
     """Reserve before inference; raises RateLimited / QuotaExceeded (429) when refused."""
     prices = prices if prices is not None else prices_for(model_pk)
-    tokens = prompt_tokens + max_completion_tokens
-    cost = prices.cost(prompt_tokens, max_completion_tokens)
+    reservation = _reservation(
+        tenant=tenant,
+        api_key=api_key,
+        request_id=request_id,
+        tokens=prompt_tokens + max_completion_tokens,
+        cost=prices.cost(prompt_tokens, max_completion_tokens),
+        count_request=count_request,
+        prices=prices,
+    )
+    if not reservation.empty:
+        backend().reserve(reservation)
+    return reservation
+
+
+async def quota_reserve_async(
+    *,
+    tenant: Tenant,
+    api_key: ApiKey | None,
+    request_id: str,
+    prompt_tokens: int,
+    max_completion_tokens: int,
+    prices: Prices,
+    count_request: bool = True,
+) -> Reservation:
+    """quota_reserve for the event loop. On Redis, with the limits rows loaded
+    along with the authenticated key (the usual case), it reserves without a
+    thread hop; otherwise the database does it, in a thread."""
+    store = backend()
+    if not isinstance(store, RedisBackend) or not _limits_loaded(tenant, api_key):
+        return await sync_to_async(pooled(quota_reserve))(
+            tenant=tenant,
+            api_key=api_key,
+            request_id=request_id,
+            prompt_tokens=prompt_tokens,
+            max_completion_tokens=max_completion_tokens,
+            model_pk=None,
+            count_request=count_request,
+            prices=prices,
+        )
+    reservation = _reservation(
+        tenant=tenant,
+        api_key=api_key,
+        request_id=request_id,
+        tokens=prompt_tokens + max_completion_tokens,
+        cost=prices.cost(prompt_tokens, max_completion_tokens),
+        count_request=count_request,
+        prices=prices,
+    )
+    if not reservation.empty:
+        await store.reserve_async(reservation)
+    return reservation
+
+
+def _limits_loaded(tenant: Tenant, api_key: ApiKey | None) -> bool:
+    """Whether the tenant's billing, plan and the key's limits are already on the
+    instances (select_related by authentication), so reading them costs no query."""
+    if not Tenant.billing.is_cached(tenant):
+        return False
+    try:
+        billing = tenant.billing
+    except TenantBilling.DoesNotExist:
+        billing = None
+    if billing is None or billing.plan_id is None:
+        plan_loaded = True
+    else:
+        plan_loaded = TenantBilling.plan.is_cached(billing)
+    if not plan_loaded:
+        return False
+    return api_key is None or ApiKey.limits.is_cached(api_key)
+
+
+def _reservation(
+    *,
+    tenant: Tenant,
+    api_key: ApiKey | None,
+    request_id: str,
+    tokens: int,
+    cost: Decimal,
+    count_request: bool,
+    prices: Prices,
+) -> Reservation:
     limits = tenant_limits(tenant)
     checks, slots = _plan(
         tenant=tenant,
@@ -502,7 +632,7 @@ def quota_reserve(
         count_request=count_request,
         now=datetime.now(UTC),
     )
-    reservation = Reservation(
+    return Reservation(
         request_id=request_id,
         checks=checks,
         slots=slots,
@@ -511,18 +641,52 @@ def quota_reserve(
         prices=prices,
         soft_budget_percent=limits.soft_budget_percent,
     )
-    if checks or slots:
-        backend().reserve(reservation)
-    return reservation
 
 
 def quota_settle(*, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> None:
     """Give back what was reserved and not used, and the concurrency slot. Idempotent."""
-    if reservation.settled:
+    deltas = _settlement(reservation, prompt_tokens, completion_tokens)
+    if deltas is None:
         return
+    try:
+        backend().settle(reservation, deltas)
+    except Exception:
+        # Never lose the usage record over this; the lease expires on its own.
+        logger.exception("settling quota for %s failed", reservation.request_id)
+
+
+async def quota_settle_async(
+    *, reservation: Reservation, prompt_tokens: int, completion_tokens: int
+) -> None:
+    """quota_settle for the event loop: on Redis without a thread hop."""
+    store = backend()
+    if not isinstance(store, RedisBackend):
+        settle = sync_to_async(pooled(quota_settle))
+        await settle(
+            reservation=reservation,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        return
+    deltas = _settlement(reservation, prompt_tokens, completion_tokens)
+    if deltas is None:
+        return
+    try:
+        await store.settle_async(reservation, deltas)
+    except Exception:
+        logger.exception("settling quota for %s failed", reservation.request_id)
+
+
+def _settlement(
+    reservation: Reservation, prompt_tokens: int, completion_tokens: int
+) -> dict[str, int] | None:
+    """The counter corrections that settle a reservation; None when there is
+    nothing (left) to settle. Marks it settled: settling happens once."""
+    if reservation.settled:
+        return None
     reservation.settled = True
     if reservation.empty:
-        return
+        return None
     actual_tokens = prompt_tokens + completion_tokens
     actual_cost = int(reservation.prices.cost(prompt_tokens, completion_tokens) * NANOS)
     deltas: dict[str, int] = {}
@@ -531,8 +695,4 @@ def quota_settle(*, reservation: Reservation, prompt_tokens: int, completion_tok
             deltas[check.key] = actual_tokens - reservation.estimated_tokens
         elif check.kind == "budget":
             deltas[check.key] = actual_cost - reservation.estimated_cost_nanos
-    try:
-        backend().settle(reservation, deltas)
-    except Exception:
-        # Never lose the usage record over this; the lease expires on its own.
-        logger.exception("settling quota for %s failed", reservation.request_id)
+    return deltas

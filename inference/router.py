@@ -301,6 +301,31 @@ def route_resolve(
         generations = generations or auth_generations(tenant.pk)
         found = _candidates(tenant=tenant, api_key=api_key, name=name)
         _routes.put(cache_key, found, tenant.pk, generations)
+    return _route(found, name, capability, peek=peek)
+
+
+def route_resolve_cached(
+    *,
+    tenant: Tenant,
+    api_key: ApiKey | None,
+    name: str,
+    capability: str,
+    generations: tuple[int, int] | None,
+    peek: bool = False,
+) -> Route | None:
+    """route_resolve without the database, for the event loop: the route when this
+    process has it cached under the AuthGeneration values the request already read
+    (authenticating its key); None when only route_resolve can tell."""
+    if generations is None:
+        return None
+    cache_key = (tenant.pk, api_key.pk if api_key is not None else None, name)
+    found, _ = _routes.get(cache_key, generations)
+    if found is None:
+        return None
+    return _route(found, name, capability, peek=peek)
+
+
+def _route(found: tuple[str, list[LLMModel]], name: str, capability: str, *, peek: bool) -> Route:
     strategy, models = found
     if strategy == "direct":
         model = models[0]

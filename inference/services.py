@@ -50,13 +50,14 @@ from inference.backends import (
 from inference.backends.local import _tokenize_chat, chat_prompt  # noqa: F401 - re-exported
 from inference.engine import EngineError, ModelLoadError
 from inference.models import LLMModel, StoredResponse
-from inference.router import health, route_resolve
+from inference.router import Route, health, route_resolve, route_resolve_cached
 from inference.serializers import (
     ChatCompletionRequestSerializer,
     CompletionRequestSerializer,
     EmbeddingRequestSerializer,
 )
 from inference.telemetry import live
+from llmsite.db import pooled
 from llmsite.errors import (
     APIError,
     BackendUnavailable,
@@ -267,6 +268,25 @@ def _observe(acct: Accounting, model_id: str, *, ok: bool, attempt_started: floa
     )
 
 
+async def _route_resolve(
+    principal: Principal, name: str, capability: str, *, peek: bool = False
+) -> Route:
+    """The route, from this process's cache on the event loop when it can be
+    (the common case: no thread hop), else from the database in a thread."""
+    fields = {
+        "tenant": principal.tenant,
+        "api_key": principal.api_key,
+        "name": name,
+        "capability": capability,
+        "generations": principal.generations,
+        "peek": peek,
+    }
+    route = route_resolve_cached(**fields)
+    if route is None:
+        route = await sync_to_async(pooled(route_resolve))(**fields)
+    return route
+
+
 @dataclass
 class _Attempt:
     model: LLMModel
@@ -283,13 +303,7 @@ async def _routed(*, principal: Principal, data: dict, acct: Accounting, capabil
     the next candidate. Returns (what run returned, the attempt).
     """
     acct.model_id = data["model"]
-    route = await sync_to_async(route_resolve)(
-        tenant=principal.tenant,
-        api_key=principal.api_key,
-        name=data["model"],
-        capability=capability,
-        generations=principal.generations,
-    )
+    route = await _route_resolve(principal, data["model"], capability)
     for index, model in enumerate(route.order):
         last = index == len(route.order) - 1
         acct.model_id = model.model_id
@@ -970,14 +984,7 @@ async def tokenizer_run(
             )
         else:
             acct.model_id = data["model"]
-            route = await sync_to_async(route_resolve)(
-                tenant=principal.tenant,
-                api_key=principal.api_key,
-                name=data["model"],
-                capability=capability(data),
-                generations=principal.generations,
-                peek=True,
-            )
+            route = await _route_resolve(principal, data["model"], capability(data), peek=True)
             model = route.order[0]
             acct.headers["x-llmsite-model"] = model.model_id
             acct.headers["x-llmsite-route"] = route.header(model, 0)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from rest_framework.views import APIView
 
+from llmsite.db import pooled
+
 
 class AsyncAPIView(APIView):
     view_is_async = True
@@ -24,7 +26,7 @@ class AsyncAPIView(APIView):
         self.request = request
         self.headers = self.default_response_headers
         try:
-            await sync_to_async(self.initial)(request, *args, **kwargs)
+            await sync_to_async(pooled(self.initial))(request, *args, **kwargs)
             if request.method.lower() in self.http_method_names:
                 handler = getattr(self, request.method.lower(), self.http_method_not_allowed)
             else:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
 from django.core.exceptions import RequestDataTooBig
+from django.middleware import clickjacking, common, csrf, security
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from llmsite import prometheus
 from llmsite.errors import InvalidRequest, RequestTooLarge, error_response
@@ -98,3 +104,93 @@ class request_context:
         request.request_id = _request_id(request)
         response = _too_large(request) or _nul_in_url(request) or await self.get_response(request)
         return _finish(request, response, started)
+
+
+class StaticFiles(WhiteNoiseMiddleware):
+    """WhiteNoise, without making every request cross to a thread and back.
+
+    WhiteNoise's middleware is sync-only, so under ASGI Django runs it in a
+    worker thread and the rest of the chain (views included) back on the loop
+    through async_to_sync: two thread crossings on every /v1 request, for a
+    dictionary lookup. Here the lookup runs on the loop and only a static file
+    is served from a thread (autorefresh, in development, also looks on disk:
+    that goes to the thread too).
+    """
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        if self.autorefresh:
+            static_file = await sync_to_async(self.find_file)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
+        return await self.get_response(request)
+
+
+# -- Django's own middleware, with its hooks on the event loop -------------------
+# Under ASGI, Django runs every sync hook of a MiddlewareMixin in a thread: seven
+# middlewares made fifteen thread crossings per request, each a wait for a thread
+# and for the GIL, for hooks that set a header or read a cookie. These subclasses
+# run the hooks in place, and cross to a thread only where a hook may reach the
+# database for this request (a session to save, messages to store in it).
+class _OnTheLoop:
+    get_response: Any
+
+    def _response_may_block(self, request) -> bool:
+        return False
+
+    async def __acall__(self, request):
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            if self._response_may_block(request):
+                response = await sync_to_async(self.process_response)(request, response)
+            else:
+                response = self.process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(_OnTheLoop, security.SecurityMiddleware):
+    pass
+
+
+class SessionMiddleware(_OnTheLoop, sessions.SessionMiddleware):
+    def _response_may_block(self, request) -> bool:
+        # A session is read lazily (not here) and saved only when modified.
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class CommonMiddleware(_OnTheLoop, common.CommonMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(_OnTheLoop, csrf.CsrfViewMiddleware):
+    # The token is in a cookie (CSRF_USE_SESSIONS is off), and the form body is
+    # already read by the ASGI handler: checking it does no I/O.
+    async def process_view(self, request, callback, callback_args, callback_kwargs):  # type: ignore[override]
+        return super().process_view(request, callback, callback_args, callback_kwargs)
+
+
+class AuthenticationMiddleware(_OnTheLoop, auth.AuthenticationMiddleware):
+    pass  # the user is loaded lazily, by whatever reads it
+
+
+class MessageMiddleware(_OnTheLoop, messages.MessageMiddleware):
+    def _response_may_block(self, request) -> bool:
+        # Storing messages may load the session; untouched messages store nothing.
+        storage = getattr(request, "_messages", None)
+        return storage is not None and (storage.used or storage.added_new)
+
+
+class XFrameOptionsMiddleware(_OnTheLoop, clickjacking.XFrameOptionsMiddleware):
+    pass

@@ -1,0 +1,43 @@
+"""Database work from the event loop: one thread hop, then the connection goes back.
+
+Under ASGI every request has a connection of its own, which Django closes when
+the request ends. On PostgreSQL that close hands it back to the process's pool
+(settings: DATABASES OPTIONS "pool"). A stream lasts minutes, though, and would
+hold its connection all that time for a few milliseconds of queries at its start
+and end: `pooled` gives it back as soon as each piece of work is done.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from django.db import connection
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def pooled(func: Callable[P, R]) -> Callable[P, R]:
+    """`func`, then this thread's connection back to its pool (outside a transaction)."""
+
+    @functools.wraps(func)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            release()
+
+    return run
+
+
+def release() -> None:
+    """Give a pooled connection back now. Inside a transaction (a caller's, or a
+    test's) it stays; without a pool (SQLite) reconnecting would cost more than
+    keeping it, so it stays too."""
+    if connection.connection is None or connection.in_atomic_block:
+        return
+    if getattr(connection, "pool", None) is None:
+        return
+    connection.close()

@@ -1,0 +1,94 @@
+"""The request path's crossings from the event loop to a thread, counted.
+
+Each crossing waits for a thread and for the GIL: issue #8 asks for one or two
+per request. Django's ASGI handler makes three of its own: the request_started
+signal, rendering the response (a DRF Response renders lazily) and closing it.
+A warm /v1 request (its key and route cached) adds two: authenticating (DRF's
+sync authentication reads the AuthGeneration counters) and committing its usage
+record; on the database quota path the reservation is a transaction of its own,
+on Redis it is not a crossing. Django's middleware hooks run on the loop
+(llmsite.middleware); a short prompt with nothing to convert is planned there.
+"""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import SyncToAsync, sync_to_async
+from django.test import AsyncClient
+
+from billing.services import limits_set
+from tests.conftest import quota_backends
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Django's own, per request, whatever the view.
+HANDLER = [
+    "Signal.asend.<locals>.sync_send",
+    "SimpleTemplateResponse.render",
+    "HttpResponseBase.close",
+]
+
+
+def _auth(api_key: str) -> dict:
+    # AsyncClient(headers=...) lands in the ASGI scope, not in its headers.
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def _hops(monkeypatch) -> list[str]:
+    names: list[str] = []
+    original = SyncToAsync.__call__
+
+    async def counting(self, *args, **kwargs):
+        names.append(getattr(self.func, "__qualname__", type(self.func).__name__))
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counting)
+    return names
+
+
+@pytest.mark.parametrize("quota_backend", quota_backends())
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/v1/completions", {"model": "gemma-3-270m", "prompt": "Hello"}),
+        (
+            "/v1/chat/completions",
+            {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Hi"}]},
+        ),
+    ],
+)
+async def test_a_warm_request_crosses_to_a_thread_only_for_the_database(
+    api_key, tenant, gemma, settings, monkeypatch, quota_backend, url, body
+):
+    settings.LLMSITE_QUOTA_BACKEND = quota_backend
+    # Every kind of limit on: the reservation and the settlement both happen.
+    await sync_to_async(limits_set)(
+        tenant=tenant, rpm=1000, tpm=10**6, tokens_per_day=10**7, max_concurrent=10
+    )
+    client = AsyncClient()
+    body = {**body, "max_tokens": 1, "temperature": 0}
+    first = await client.post(url, body, content_type="application/json", headers=_auth(api_key))
+    assert first.status_code == 200, first.content  # and the caches are warm
+    hops = _hops(monkeypatch)
+    response = await client.post(url, body, content_type="application/json", headers=_auth(api_key))
+    assert response.status_code == 200, response.content
+    assert response["x-ratelimit-remaining-requests"] == "998"
+    ours = ["APIView.initial", "Accounting._finish"]
+    if quota_backend == "db":
+        ours = ["APIView.initial", "quota_reserve", "Accounting._finish"]
+    assert sorted(h for h in hops if h not in HANDLER) == sorted(ours), hops
+
+
+async def test_a_long_prompt_is_planned_in_a_thread(api_key, gemma, monkeypatch):
+    client = AsyncClient()
+    body = {"model": "gemma-3-270m", "prompt": "word " * 400, "max_tokens": 1}
+    first = await client.post(
+        "/v1/completions", body, content_type="application/json", headers=_auth(api_key)
+    )
+    assert first.status_code == 200, first.content
+    hops = _hops(monkeypatch)
+    response = await client.post(
+        "/v1/completions", body, content_type="application/json", headers=_auth(api_key)
+    )
+    assert response.status_code == 200
+    assert "LocalBackend.prepare.<locals>.plan" in hops, hops
