@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ from bench_decode import (
     server_process,
     wait_until_ready,
 )
+from bench_overhead import fresh_database
 
 LLMSITE = "llmsite"
 LLAMA_SERVER = "llama-server"
@@ -89,6 +91,7 @@ class Config:
     fresh: bool = False  # a new prompt per client in every round
     web_processes: int = 1  # llmsite's gateway processes (manage.py serve --processes)
     model_id: str = LLMSITE_MODEL  # what llmsite serves from model_path
+    stores: str = "sqlite"  # llmsite's database and quota store: sqlite, postgres-redis
 
 
 @dataclass
@@ -271,6 +274,16 @@ def start_llmsite(cfg: Config, workdir: Path, stack: contextlib.ExitStack) -> Ta
     data_dir = workdir / "llmsite-data"
     data_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    if cfg.stores == "postgres-redis":
+        # A production's stores: a fresh database on DATABASE_URL's server (dropped
+        # at the end), quota counters on REDIS_URL under a prefix of this run's own.
+        database_url, drop = fresh_database()
+        stack.callback(drop)
+        env.update(
+            DATABASE_URL=database_url,
+            REDIS_URL=os.environ["REDIS_URL"],
+            LLMSITE_QUOTA_PREFIX=f"llmsite:bench:{uuid.uuid4().hex}",
+        )
     env.update(
         LLMSITE_DATA_DIR=str(data_dir),
         LLMSITE_PRELOAD="1",
@@ -458,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         "--web-processes", type=int, default=1, help="llmsite gateway processes (serve)"
     )
     parser.add_argument("--model", choices=MODELS, default=LLMSITE_MODEL)
+    parser.add_argument(
+        "--stores",
+        choices=("sqlite", "postgres-redis"),
+        default="sqlite",
+        help="llmsite's stores: the embedded default, or DATABASE_URL + REDIS_URL",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -474,7 +493,12 @@ def main(argv: list[str] | None = None) -> int:
         fresh=args.fresh_prompts,
         web_processes=args.web_processes,
         model_id=args.model,
+        stores=args.stores,
     )
+    if cfg.stores == "postgres-redis" and not (
+        os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")
+    ):
+        parser.error("--stores postgres-redis needs DATABASE_URL and REDIS_URL")
     systems = {
         LLMSITE: start_llmsite,
         LLAMA_SERVER: start_llama_server,
@@ -492,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = measure([t for t, _ in started.values() if t is not None], cfg)
         results = [failed or measured[name] for name, (_, failed) in started.items()]
     print(
-        f"{cfg.model_id} ({cfg.model_path.name}) on every system, "
+        f"{cfg.model_id} ({cfg.model_path.name}) on every system, llmsite on {cfg.stores}, "
         f"{cfg.max_tokens} tokens per client, EOS banned, {cfg.threads} threads, "
         f"{cfg.slots} slots, median of {cfg.rounds} rounds, "
         + ("a new prompt every round" if cfg.fresh else "the same prompts every round")

@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 BARE_PATH = "/bench-bare/v1/completions"
 
 
-def _fresh_database() -> tuple[str | None, callable]:
+def fresh_database() -> tuple[str | None, callable]:
     url = os.environ.get("DATABASE_URL")
     if not url:
         return None, lambda: None
@@ -285,7 +285,7 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmsite.settings")
     os.environ["LLMSITE_QUOTA_PREFIX"] = f"llmsite:bench:{uuid.uuid4().hex}"
     os.environ["LLMSITE_N_THREADS"] = str(args.threads)
-    db_url, drop = _fresh_database()
+    db_url, drop = fresh_database()
     if db_url:
         os.environ["DATABASE_URL"] = db_url
     models_dir = Path(data_dir) / "models"

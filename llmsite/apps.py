@@ -1,3 +1,5 @@
+import os
+
 from django.apps import AppConfig
 
 
@@ -6,3 +8,6 @@ class LlmsiteConfig(AppConfig):
 
     def ready(self) -> None:
         from llmsite import checks  # noqa: F401 - registers the system checks
+        from llmsite.db import forget_inherited_pools
+
+        os.register_at_fork(after_in_child=forget_inherited_pools)

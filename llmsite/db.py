@@ -41,3 +41,28 @@ def release() -> None:
     if getattr(connection, "pool", None) is None:
         return
     connection.close()
+
+
+# A forked child's copies of the parent's pooled connections: kept referenced,
+# never used or closed (closing one would end the parent's session on its socket).
+_inherited: list[object] = []
+
+
+def forget_inherited_pools() -> None:
+    """In a process just forked: drop the parent's connection pools and connections.
+
+    `connections.close_all()` hands pooled connections back to the pool, which
+    keeps them open, so a child forked after it (multiprocessing's "fork") would
+    share the parent's sockets, and two processes would interleave statements
+    on one session. The child opens its own pool on first use instead. `serve`
+    starts its processes with exec, not fork; this is for everything else.
+    """
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        _inherited.append(conn.connection)
+        conn.connection = None
+        pools = getattr(type(conn), "_connection_pools", None)
+        if pools:
+            _inherited.extend(pools.values())
+            pools.clear()
