@@ -13,9 +13,9 @@ from __future__ import annotations
 from unittest import mock
 
 from django.conf import settings
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.core import checks
 from django.core.checks.security import base, csrf, sessions
-from django.contrib.sessions.middleware import SessionMiddleware
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
