@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from inference.engine import SamplingParams
-from inference.engine.sampler import Sampler
+from inference.engine.sampler import _TRIGGER_TRIES, Sampler
 from inference.registry import resolve_path
 from inference.tools import auto_grammar, tool_specs
 
@@ -72,9 +72,9 @@ class Driver:
 
     def step(self, *ranked: int) -> int:
         """The token sampled from a row ranking `ranked` first, in that order."""
-        logits = np.zeros(self.n_vocab, dtype=np.float32)
+        logits = np.full(self.n_vocab, -1000.0, dtype=np.float32)
         for rank, token in enumerate(ranked):
-            logits[token] = 10.0 - rank
+            logits[token] = 100.0 - rank
         token = self.sampler.sample(None, 0, logits)
         self.text += piece(self.vocab, token)
         return token
@@ -144,4 +144,22 @@ def test_a_call_after_text_without_the_tag_does_not_trigger(vocab):
     # The bare form counts only where it opens the reply (the pattern is ^...$).
     lazy.write('Sure: {"name": "get_weather", "arguments": {}} Hello')
     assert not lazy.sampler.triggered
+    lazy.sampler.close()
+
+
+def test_a_reply_that_keeps_firing_refused_replays_goes_on_without_the_grammar(vocab):
+    lazy = Driver(vocab)
+    lazy.write('{"name": "get_weather')
+    # Every one of these closes the name and fires the trigger with text the
+    # grammar refuses; past _TRIGGER_TRIES of them the grammar is dropped.
+    refused = [
+        ids[0]
+        for ids in (tokens(vocab, '"' + c) for c in "}])>;.?!/'%$#=-+*&|^~`@")
+        if len(ids) == 1
+    ]
+    assert len(refused) > _TRIGGER_TRIES
+    assert lazy.step(*refused) == refused[0]
+    assert lazy.sampler.lazy and not lazy.sampler.triggered
+    (hello,) = tokens(vocab, "Hello")
+    assert lazy.step(hello) == hello  # free from here on
     lazy.sampler.close()
