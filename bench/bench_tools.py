@@ -7,8 +7,8 @@ linked in), the default chat model, one client. In rotating order, per run:
   decoded under the tools' grammar, answered as `message.tool_calls`;
 - `none`:     the same request with `tool_choice: "none"`: no grammar, no
   parsing (this model then writes the call as plain JSON text);
-- `auto`:     the same request with `tool_choice: "auto"`: free sampling, the
-  reply parsed into `tool_calls`.
+- `auto`:     the same request with `tool_choice: "auto"`: free sampling until
+  the reply starts a call, then the tools' lazy grammar; parsed into `tool_calls`.
 
 Each is a non-streamed POST /v1/chat/completions at temperature 0; the figure
 is the wall time from sending it to the whole response, median over the runs

@@ -212,11 +212,11 @@ class LazyGrammar:
     Until a trigger fires, sampling is free; from the trigger on, the reply
     is held to valid calls and nothing after them. `trigger_words` are
     literal texts (`<tool_call>` is one special token in Qwen's vocabulary:
-    pass it as a trigger token where it tokenizes to one). Each of
-    `trigger_patterns` must match the whole reply so far (std::regex,
-    ECMAScript); the grammar is fed the text from its first group on. They
-    are anchored at the reply's start with no leading wildcard, because
-    llama.cpp rematches them against the whole reply after every token.
+    the engine passes it as a trigger token where it tokenizes to one, and
+    as a pattern for its spelling in plain text). Each of `trigger_patterns`
+    is written `^...$`: llama.cpp matches such a pattern against the whole
+    reply so far (std::regex, ECMAScript) after every token, and searches
+    anywhere for any other; the grammar is fed the text from its first group on.
     """
 
     grammar: str
@@ -245,7 +245,7 @@ def auto_grammar(
         return None
     grammar = _blocks_grammar(schema, parallel=parallel, to_gbnf=to_gbnf, bare=True)
     names = "|".join(tool.name for tool in tools)  # [a-zA-Z0-9_-]: nothing to escape
-    bare = r'[\s]*(\{[\s]*"name"[\s]*:[\s]*"(?:' + names + r')")[\s\S]*'
+    bare = r'^[\s]*(\{[\s]*"name"[\s]*:[\s]*"(?:' + names + r')")[\s\S]*$'
     return LazyGrammar(grammar=grammar, trigger_words=(OPEN_TAG,), trigger_patterns=(bare,))
 
 

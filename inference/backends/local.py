@@ -39,7 +39,7 @@ from inference.engine import TextDelta as EngineDelta
 from inference.grammar import json_schema_grammar
 from inference.models import LLMModel
 from inference.registry import MemoryBudgetExceeded, registry
-from inference.tools import ToolRequest, reply_finish_reason, tool_request
+from inference.tools import LazyGrammar, ToolRequest, reply_finish_reason, tool_request
 from inference.workers.protocol import WorkerCrashed
 from llmsite.errors import (
     ContextLengthExceeded,
@@ -309,7 +309,9 @@ def chat_prompt(engine: LlamaEngine, model: LLMModel, data: dict) -> tuple[list[
     return prompt.tokens, prompt.stop
 
 
-def _tools_grammar(engine: LlamaEngine, model: LLMModel, tools: ToolRequest) -> str | None:
+def _tools_grammar(
+    engine: LlamaEngine, model: LLMModel, tools: ToolRequest
+) -> str | LazyGrammar | None:
     """The sampling side of tool calling, checked before anything is queued.
 
     `"required"` or a named function: a grammar of `<tool_call>` blocks built
@@ -317,27 +319,33 @@ def _tools_grammar(engine: LlamaEngine, model: LLMModel, tools: ToolRequest) -> 
     engine will), so the reply always parses and validates; it applies
     whatever the prompt format, which is why a model whose template cannot
     show tools may still be forced to call one. `"auto"` needs a template that
-    shows the tools, and samples freely: the reply is parsed afterwards (a
-    lazy grammar, `tools.lazy_grammar()`, needs trigger support this engine
-    does not have yet). `"none"` neither constrains nor parses.
+    shows the tools; it gets a lazy grammar (`tools.lazy_grammar()`, built and
+    checked the same way), as llama-server does: sampling is free until the
+    reply starts a call (the `<tool_call>` tag, or a bare `{"name": "<tool>"`
+    opening the reply), and the call is then held to its schema. The reply is
+    parsed afterwards either way. `"none"` neither constrains nor parses.
     """
     if not tools.tools:
         return None
-    if not tools.forced:
-        if not chat_templates.supports_tools(engine, model):
-            raise InvalidRequest(
-                f"The model `{model.model_id}` has no chat template that shows tools, so it "
-                'cannot choose to call one: send `tool_choice` "required" or a named '
-                "function (decoding is then held to a call), or use a model with tool support.",
-                param="tools",
-                code="unsupported_parameter",
-            )
-        return None
-    grammar = tools.grammar(to_gbnf=lambda schema: json_schema_grammar(schema, param="tools"))
+    if not tools.forced and not chat_templates.supports_tools(engine, model):
+        raise InvalidRequest(
+            f"The model `{model.model_id}` has no chat template that shows tools, so it "
+            'cannot choose to call one: send `tool_choice` "required" or a named '
+            "function (decoding is then held to a call), or use a model with tool support.",
+            param="tools",
+            code="unsupported_parameter",
+        )
+
+    def to_gbnf(schema: dict) -> str:
+        return json_schema_grammar(schema, param="tools")
+
+    grammar = (
+        tools.grammar(to_gbnf=to_gbnf) if tools.forced else tools.lazy_grammar(to_gbnf=to_gbnf)
+    )
     if grammar is None:
         return None
     try:
-        engine.check_grammar(grammar)
+        engine.check_grammar(grammar if isinstance(grammar, str) else grammar.grammar)
     except GrammarError as exc:
         raise _grammar_refused(exc, "tools") from exc
     return grammar
@@ -381,7 +389,15 @@ def _plan_chat(engine: LlamaEngine, model: LLMModel, data: dict, tools: ToolRequ
     tokens, format_stops = chat_prompt(engine, model, data)
     max_tokens = _max_tokens(model, len(tokens), data.get("max_tokens"), None, "messages")
     # A forced call's grammar wins over a response_format: the reply is calls.
-    grammar = tools_grammar or _json_grammar(engine, data.get("response_format"))
+    # A response_format's grammar wins over "auto"'s lazy one: it holds the
+    # whole reply, and calls are still parsed from it.
+    forced = tools_grammar if isinstance(tools_grammar, str) else None
+    lazy = tools_grammar if isinstance(tools_grammar, LazyGrammar) else None
+    grammar = forced or _json_grammar(engine, data.get("response_format"))
+    if grammar is not None:
+        lazy = None
+    elif lazy is not None:
+        grammar = lazy.grammar
     logprobs = (data.get("top_logprobs") or 0) if data.get("logprobs") else None
     bias = _logit_bias(engine, data["logit_bias"])
     jobs = []
@@ -396,10 +412,13 @@ def _plan_chat(engine: LlamaEngine, model: LLMModel, data: dict, tools: ToolRequ
             frequency_penalty=data["frequency_penalty"],
             logprobs=logprobs,
             grammar=grammar,
+            trigger_words=lazy.trigger_words if lazy else (),
+            trigger_patterns=lazy.trigger_patterns if lazy else (),
             logit_bias=bias,
         )
         jobs.append((tokens, params))
-    return jobs, len(tokens), max_tokens * len(jobs), None, "tools" if tools_grammar else None
+    grammar_param = "tools" if forced or lazy else None
+    return jobs, len(tokens), max_tokens * len(jobs), None, grammar_param
 
 
 # -- generation ----------------------------------------------------------------------

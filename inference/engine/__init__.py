@@ -22,7 +22,7 @@ Nothing outside this package knows how many sequences are decoded at once.
     handle.py        Handle: where a job's events arrive
     scheduler.py     LlamaEngine: the engine thread and its loop
     jobs.py          queued jobs and decoding sequences
-    sampler.py       one sequence's sampler
+    sampler.py       one sequence's sampler (and its grammar, eager or lazy)
     gbnf.py          bounds on a grammar before llama.cpp parses it
     prefix_cache.py  finished sequences' cells, reused by later prompts
     kv.py            KV cells by sequence id (clear, copy, count)

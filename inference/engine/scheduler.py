@@ -84,6 +84,8 @@ class LlamaEngine:
                 "sequences_moved",
                 "kv_cells_copied",
                 "grammar_full_passes",
+                "lazy_grammars",  # jobs that ran with a lazy grammar
+                "lazy_grammars_triggered",  # ... and whose grammar a trigger started
                 "embedding_batches",
                 "embedding_jobs_cancelled",
                 "peak_active_sequences",
@@ -493,6 +495,8 @@ class LlamaEngine:
         """Free a finished sequence; its KV cells become a prefix cache entry."""
         seq.sampler.close()
         self._counters["grammar_full_passes"] += seq.sampler.grammar_full_passes
+        self._counters["lazy_grammars"] += seq.sampler.lazy
+        self._counters["lazy_grammars_triggered"] += seq.sampler.triggered
         self._active.remove(seq)
         if seq.followers:
             # The leader left before its prompt was evaluated: its first

@@ -34,6 +34,15 @@ class SamplingParams:
     # None: no logprobs. k >= 0: the chosen token's logprob plus the top k alternatives.
     logprobs: int | None = None
     grammar: str | None = None
+    # With either set, `grammar` is lazy (llama.cpp's lazy grammar): sampling is
+    # free until the reply emits a trigger word (anywhere) or matches a trigger
+    # pattern (llama.cpp's semantics: `^...$` must match the whole reply so far,
+    # any other pattern is searched for); the grammar then holds the reply from
+    # the trigger (a pattern's first group) on. llama.cpp compiles the patterns
+    # with std::regex, which aborts the process on one it cannot parse: they
+    # come from this codebase (inference.tools), never from a client.
+    trigger_words: tuple[str, ...] = ()
+    trigger_patterns: tuple[str, ...] = ()
     logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit
 
 

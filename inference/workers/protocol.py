@@ -65,7 +65,8 @@ def params_to_wire(params: SamplingParams) -> dict:
 
 
 def params_from_wire(data: dict) -> SamplingParams:
-    return SamplingParams(**{**data, "stop": tuple(data["stop"])})
+    tuples = ("stop", "trigger_words", "trigger_patterns")
+    return SamplingParams(**{**data, **{key: tuple(data.get(key) or ()) for key in tuples}})
 
 
 # -- events -----------------------------------------------------------------------------

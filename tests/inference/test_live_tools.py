@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
@@ -26,10 +27,20 @@ ASK = [{"role": "user", "content": "What is the weather in Paris? Use the tool."
 
 
 @pytest.fixture(scope="module")
-def sdk(tmp_path_factory):
+def server(tmp_path_factory):
     server, stop = live.start(tmp_path_factory.mktemp("live-tools"))
-    yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key, max_retries=0)
+    yield server
     stop()
+
+
+@pytest.fixture(scope="module")
+def sdk(server):
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key, max_retries=0)
+
+
+def worker_stats(server) -> dict:
+    """The chat model's engine counters, as its worker process last reported them."""
+    return json.loads(server.manage("models", "status"))[CHAT]["stats"]
 
 
 def test_sdk_tool_loop_call_then_result_then_text(sdk):
@@ -103,3 +114,22 @@ def test_sdk_stream_helper_assembles_streamed_tool_calls(sdk):
         expected.function.arguments,
     )
     assert call.id.startswith("call_")
+
+
+def test_auto_call_runs_under_the_lazy_grammar_in_the_model_worker(sdk, server):
+    before = worker_stats(server)["lazy_grammars_triggered"]
+    reply = sdk.chat.completions.create(
+        model=CHAT, messages=ASK, tools=[WEATHER], max_tokens=40, temperature=0
+    )
+    (choice,) = reply.choices
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["city"] == "Paris"
+    # The trigger words and patterns crossed the process boundary: the worker's
+    # engine ran the lazy grammar and the call started it (reported on its
+    # next heartbeat).
+    deadline = time.monotonic() + 60
+    while worker_stats(server)["lazy_grammars_triggered"] == before:
+        assert time.monotonic() < deadline, "the worker never reported the triggered grammar"
+        time.sleep(0.5)

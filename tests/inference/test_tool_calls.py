@@ -17,6 +17,7 @@ from accounts.services import api_key_issue, tenant_get_or_create
 from billing.models import UsageRecord
 from inference import services
 from inference.models import LLMModel
+from inference.registry import registry
 from llmsite.asgi import application
 from tests.conftest import MODEL, QWEN
 from tests.helpers import sse_chunks, sse_events
@@ -141,9 +142,16 @@ def test_a_forced_choice_streams_call_deltas_the_sdk_assembles(client, qwen, cho
     )
 
 
-# -- the real model, free -------------------------------------------------------------------
+# -- the real model, free until it calls (a lazy grammar) ---------------------------------------
+def lazy_grammars(qwen) -> tuple[int, int]:
+    """The engine's count of jobs run with a lazy grammar, and of those it triggered."""
+    stats = registry.engine_for(qwen).stats()
+    return stats["lazy_grammars"], stats["lazy_grammars_triggered"]
+
+
 @pytest.mark.django_db
 def test_auto_parses_the_call_the_model_chose_to_make(client, qwen):
+    before = lazy_grammars(qwen)
     r = post(client, "tc-auto", tools=[WEATHER], max_tokens=CALL_TOKENS)
     assert r.status_code == 200, r.content
     (choice,) = r.json()["choices"]
@@ -151,6 +159,35 @@ def test_auto_parses_the_call_the_model_chose_to_make(client, qwen):
     (call,) = choice["message"]["tool_calls"]
     assert assert_valid_weather_call(call)["city"] == "Paris"
     assert len(records("tc-auto")) == 1
+    # The job carried the lazy grammar, and the call started it.
+    after = lazy_grammars(qwen)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
+@pytest.mark.django_db
+def test_auto_answers_in_text_when_the_tools_do_not_apply(client, qwen):
+    before = lazy_grammars(qwen)
+    ask = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    r = post(client, "tc-auto-text", messages=ask, tools=[WEATHER], max_tokens=16)
+    assert r.status_code == 200, r.content
+    (choice,) = r.json()["choices"]
+    assert "tool_calls" not in choice["message"], choice
+    assert "Paris" in choice["message"]["content"]
+    assert choice["finish_reason"] == "stop"
+    # The lazy grammar rode along and never fired: the text was sampled freely.
+    after = lazy_grammars(qwen)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 0)
+
+
+@pytest.mark.django_db
+def test_auto_with_a_response_format_holds_the_reply_to_the_format(client, qwen):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+    before = lazy_grammars(qwen)
+    r = post(client, tools=[WEATHER], response_format=response_format, max_tokens=CALL_TOKENS)
+    assert r.status_code == 200, r.content
+    # The format's grammar held the whole reply; no lazy grammar was queued.
+    assert lazy_grammars(qwen)[0] == before[0]
 
 
 @pytest.mark.django_db

@@ -400,7 +400,9 @@ def test_auto_choice_gets_a_lazy_grammar_triggered_by_a_call():
     assert compiles(lazy.grammar)
     assert lazy.trigger_words == ("<tool_call>",)
     (pattern,) = lazy.trigger_patterns
-    # std::regex (ECMAScript) full match; Python's re reads this pattern the same way.
+    # `^...$`: llama.cpp matches it against the whole reply (it searches for any
+    # other pattern); Python's re reads this pattern as std::regex (ECMAScript) does.
+    assert pattern.startswith("^") and pattern.endswith("$")
     match = re.fullmatch(pattern, f"\n {PARIS}")
     assert match and match.group(1) == '{"name": "get_weather"'
     assert re.fullmatch(pattern, '{ "name" :"get_time"')
