@@ -87,9 +87,12 @@ fuzz: $(VENV)/.soak-installed
 load: $(VENV)/.soak-installed
 	DATABASE_URL=$(SOAK_DATABASE_URL) REDIS_URL=$(SOAK_REDIS_URL) $(BIN)/python soak/run.py $(LOAD_ARGS)
 
-# Its own redis-server on a free port: the shared one is never stopped.
+# Their own redis-server, and PostgreSQL cluster, on free ports: the shared ones
+# are never stopped.
+FAULT_ARGS ?=
 faults: $(VENV)/.soak-installed
 	DATABASE_URL=$(SOAK_DATABASE_URL) $(BIN)/python soak/redis_fault.py
+	$(BIN)/python soak/pg_fault.py $(FAULT_ARGS)
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -196,6 +197,14 @@ def to_api_error(exc: Exception) -> APIError | None:
     if isinstance(exc, drf_exceptions.Throttled):
         wait = int(getattr(exc, "wait", None) or 1)
         return RateLimited(str(exc.detail), headers={"Retry-After": str(wait)})
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is down or restarting (soak/pg_fault.py): a retryable 503,
+        # not a 500; the pool reconnects on its own once it is back.
+        logger.warning("database unavailable: %s", exc)
+        return ServiceUnavailable(
+            "The service is temporarily unavailable; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, drf_exceptions.APIException):
         error = APIError(str(exc.detail))
         error.status = exc.status_code

@@ -1,9 +1,13 @@
 """The soak's accounting check: the ledger the load wrote against the server's records.
 
 - 0 requests lost: every request ended in a success or a clean 429/503.
-- Exactly one usage record per request (batch: one per item), none unaccounted for.
+- Exactly one usage record per request (batch: one per item), none unaccounted for;
+  a stream the client dropped (`disconnected`) after its headers too, marked
+  `cancelled` (or `ok` when it had finished); one dropped as soon as it was sent
+  has at most one.
 - The tenant's quota counters in Redis equal its records: tokens per day and per
   month, the monthly budget in nanos; no concurrency lease left held.
+- Engine slots freed (check_engines): /metrics shows nothing in flight or queued.
 """
 
 from __future__ import annotations
@@ -59,6 +63,14 @@ def check_accounting(
         rid for e in ledger if e["kind"] == "batch" and e["outcome"] != "ok" for rid in e["records"]
     }
     missing = [rid for rid in missing if rid not in refused_batches]
+    # A stream dropped right after its request was sent may be cut off before it
+    # reaches the service (Django cancels the view on `http.disconnect`): nothing
+    # was reserved or generated, so no record is owed. Counted, not failed.
+    unstarted = {
+        e["id"] for e in ledger if e["outcome"] == "disconnected" and e.get("at") == "sent"
+    }
+    unrecorded_unstarted = sorted(rid for rid in missing if rid in unstarted)
+    missing = [rid for rid in missing if rid not in unstarted]
     if missing:
         problems.append(f"{len(missing)} requests have no usage record, e.g. {missing[:5]}")
     if doubled:
@@ -100,8 +112,17 @@ def check_accounting(
         problems.append(f"budget: counter {counters['budget_nanos']} nanos, records {cost_nanos}")
     if leases:
         problems.append(f"{leases} concurrency leases still held")
+    dropped = {e["id"] for e in ledger if e["outcome"] == "disconnected"}
+    dropped_status = Counter(r[1] for r in rows if r[0] in dropped)
+    if set(dropped_status) - {"cancelled", "ok"}:
+        problems.append(f"dropped streams recorded as {dict(dropped_status)}")
     figures = {
         "requests": len(ledger),
+        "disconnected_at": dict(
+            Counter(e.get("at") for e in ledger if e["outcome"] == "disconnected")
+        ),
+        "disconnected_record_status": dict(dropped_status),
+        "dropped_on_send_without_record": len(unrecorded_unstarted),
         "outcomes": dict(outcomes),
         "by_kind": dict(Counter(e["kind"] for e in ledger)),
         "records_expected": sum(expected.values()),
@@ -115,3 +136,31 @@ def check_accounting(
         "leases_held": leases,
     }
     return problems, figures
+
+
+ENGINE_GAUGES = (
+    "llmsite_engine_in_flight",
+    "llmsite_engine_queue_depth",
+    "llmsite_model_in_flight",
+)
+
+
+def check_engines(*, base_url: str, wait: float = 15) -> tuple[list[str], dict]:
+    """Once the load is over, nothing may stay in flight or queued on any engine
+    (a dropped stream's slot freed): the gauges of /metrics, read from loopback."""
+    import httpx
+
+    busy: dict[str, float] = {}
+    deadline = time.monotonic() + wait
+    while True:
+        text = httpx.get(f"{base_url}/metrics", timeout=30).text
+        busy = {}
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if line.startswith(ENGINE_GAUGES) and float(value) != 0:
+                busy[name] = float(value)
+        if not busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    problems = [f"engine slots still busy after the load: {busy}"] if busy else []
+    return problems, {"engine_busy_after": busy}

@@ -3,7 +3,8 @@ batch, and chat over the WebSocket.
 
 Every request carries an `x-request-id` (the WebSocket's own `request_id`) under
 the run's prefix, and is written to a ledger (one JSON line each) with its
-outcome: `ok`, `refused` (a clean 429 or 503 in the error shape) or `lost`
+outcome: `ok`, `refused` (a clean 429 or 503 in the error shape), `disconnected`
+(a streamed chat the client dropped on purpose, at a random point) or `lost`
 (anything else: a connection error, a 5xx, a broken stream, a body out of shape).
 soak/check.py then matches the ledger against the usage records.
 
@@ -13,12 +14,14 @@ soak/check.py then matches the ledger against the usage records.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
 import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import websocket
 from locust import HttpUser, between, events, task
@@ -177,6 +180,62 @@ class ApiUser(HttpUser):
             {"requests": items, "concurrency": 2},
             records=lambda rid: [f"{rid}-{i}" for i in range(len(items))],
         )
+
+    @task(2)
+    def chat_stream_dropped(self) -> None:
+        """A streamed chat whose client goes away at a random point: right after
+        sending, after the headers, or after a few chunks. The ledger says
+        `disconnected`; the server still owes it one usage record and must free
+        its lease and engine slot."""
+        if not _take():
+            self.stop_if_capped()
+            return
+        rid = self._id("dropped")
+        at = random.choice(["sent", "headers", "chunks"])
+        entry = {"id": rid, "kind": "dropped", "records": [rid], "at": at}
+        # A bare socket, so that "drop" is a real close, not a pooled connection kept.
+        url = urlsplit(self.host)
+        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=120)
+        body = json.dumps({**self._chat(True), "max_tokens": max(MAX_TOKENS, 16)})
+        headers = {
+            "Authorization": f"Bearer {API_KEY}",
+            "x-request-id": rid,
+            "Content-Type": "application/json",
+        }
+        started = time.monotonic()
+        error = None
+        try:
+            conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            if at != "sent":
+                r = conn.getresponse()
+                entry["status"] = r.status
+                if r.status != 200:
+                    content = r.read()
+                    at = entry["at"] = "refused"
+                    entry["outcome"] = "refused" if _clean_refusal(r.status, content) else "lost"
+                elif at == "chunks":
+                    entry["chunks"] = random.randint(1, 3)
+                    for _ in range(entry["chunks"]):
+                        if not r.read1(65536):
+                            break
+                r.close()
+            entry.setdefault("outcome", "disconnected")
+        except Exception as exc:  # the request is lost; the ledger says how
+            entry.update(outcome="lost", error=repr(exc)[:300])
+            error = exc
+        finally:
+            conn.close()
+        elapsed = (time.monotonic() - started) * 1000
+        entry["ms"] = round(elapsed)
+        events.request.fire(
+            request_type="POST",
+            name=f"dropped-{at}",
+            response_time=elapsed,
+            response_length=0,
+            exception=error or (RuntimeError(str(entry)) if entry["outcome"] == "lost" else None),
+            context={},
+        )
+        _record(entry)
 
 
 class SocketUser(HttpUser):

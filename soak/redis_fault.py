@@ -1,10 +1,12 @@
 """Redis stops and starts under a live llmsite: what clients get, and that it recovers.
 
 A private redis-server on a free port (never the shared one), a daphne on it and
-PostgreSQL; chat requests before, during and after the outage. Prints what each
-phase answered; exit status 0 when requests during the outage failed closed
-(a clean 503 or 429 in the error shape, never a 200, never another 5xx) and the
-server answered 200 again on its own within --recover seconds of Redis's return.
+PostgreSQL; chat requests before, during (one at a time, then --concurrency at
+once) and after the outage. Prints what each phase answered; exit status 0 when
+requests during the outage failed closed (a clean 503 or 429 in the error shape,
+never a 200 -- no admission without Redis's counters, however many clients at
+once -- never another 5xx) and the server answered 200 again on its own within
+--recover seconds of Redis's return.
 
     .venv/bin/python soak/redis_fault.py
 """
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,6 +52,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5, help="per phase")
     parser.add_argument("--recover", type=int, default=60, help="seconds allowed to recover")
+    parser.add_argument(
+        "--concurrency", type=int, default=3, help="clients at once while Redis is down"
+    )
     args = parser.parse_args()
     import httpx
 
@@ -85,6 +91,11 @@ def main() -> int:
             redis.terminate()
             redis.wait(10)
             during = Counter(call() for _ in range(args.requests))
+            # Then several clients at once: none may be admitted (a 200) without Redis.
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                during_concurrent = Counter(
+                    pool.map(lambda _: call(), range(args.requests * args.concurrency))
+                )
             redis = start_redis(port)
             started = time.monotonic()
             after: Counter = Counter()
@@ -98,11 +109,16 @@ def main() -> int:
                 time.sleep(1)
             print(f"before: {dict(before)}")
             print(f"Redis down: {dict(during)}")
+            print(f"Redis down, {args.concurrency} at once: {dict(during_concurrent)}")
             print(f"Redis back: {dict(after)}; recovered in {recovered}s")
             if set(s for s, _ in before) != {200}:
                 problems.append(f"before the outage: {dict(before)}")
             if any(s not in (429, 503) for s, _ in during):
                 problems.append(f"during the outage, not a clean 503/429: {dict(during)}")
+            if any(s not in (429, 503) for s, _ in during_concurrent):
+                problems.append(
+                    f"during the outage, concurrent, not a clean 503/429: {dict(during_concurrent)}"
+                )
             if recovered is None:
                 problems.append(f"no 200 within {args.recover}s of Redis's return")
     finally:

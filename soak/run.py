@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soak.check import check_accounting, read_ledger
+from soak.check import check_accounting, check_engines, read_ledger
 from soak.server import live_server, rss_bytes
 
 CHAT = "qwen2.5-coder-0.5b-instruct"
@@ -172,6 +172,9 @@ def main() -> int:
             quota_prefix=quota_prefix,
         )
         problems += acct_problems
+        engine_problems, engine_figures = check_engines(base_url=server.base_url)
+        problems += engine_problems
+        figures.update(engine_figures)
         growth = (rss_after - rss_before) / MB
         if growth >= args.rss_limit_mb:
             problems.append(f"RSS grew {growth:.1f} MB (limit {args.rss_limit_mb})")
