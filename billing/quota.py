@@ -540,7 +540,25 @@ def quota_reserve(
 ) -> Reservation:
     """Reserve before inference; raises RateLimited / QuotaExceeded (429) when refused."""
     prices = prices if prices is not None else prices_for(model_pk)
-    reservation = _reservation(
+    reservation = _priced_reservation(
+        tenant, api_key, request_id, prompt_tokens, max_completion_tokens, count_request, prices
+    )
+    if not reservation.empty:
+        backend().reserve(reservation)
+    return reservation
+
+
+def _priced_reservation(
+    tenant: Tenant,
+    api_key: ApiKey | None,
+    request_id: str,
+    prompt_tokens: int,
+    max_completion_tokens: int,
+    count_request: bool,
+    prices: Prices,
+) -> Reservation:
+    """The reservation for a request of this size at these prices (nothing reserved yet)."""
+    return _reservation(
         tenant=tenant,
         api_key=api_key,
         request_id=request_id,
@@ -549,9 +567,6 @@ def quota_reserve(
         count_request=count_request,
         prices=prices,
     )
-    if not reservation.empty:
-        backend().reserve(reservation)
-    return reservation
 
 
 async def quota_reserve_async(
@@ -579,14 +594,8 @@ async def quota_reserve_async(
             count_request=count_request,
             prices=prices,
         )
-    reservation = _reservation(
-        tenant=tenant,
-        api_key=api_key,
-        request_id=request_id,
-        tokens=prompt_tokens + max_completion_tokens,
-        cost=prices.cost(prompt_tokens, max_completion_tokens),
-        count_request=count_request,
-        prices=prices,
+    reservation = _priced_reservation(
+        tenant, api_key, request_id, prompt_tokens, max_completion_tokens, count_request, prices
     )
     if not reservation.empty:
         await store.reserve_async(reservation)
