@@ -235,6 +235,7 @@ def spec_for(model: LLMModel) -> ModelSpec:
         n_batch=min(model.n_batch, model.n_ctx),
         embeddings=model.embeddings,
         n_parallel=model.n_parallel,
+        admission_window_ms=settings.LLMSITE_ADMISSION_WINDOW_MS,
     )
 
 

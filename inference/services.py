@@ -516,7 +516,11 @@ async def _text_attempt(spec: _Text, data: dict, acct: Accounting, attempt: _Att
         GenerateRequest(kind=spec.kind, data=data, owner=_owner(acct))
     )
     acct.prompt_tokens = gen.prompt_tokens
-    await _reserve(acct, attempt.model, gen.reserve_tokens)
+    try:
+        await _reserve(acct, attempt.model, gen.reserve_tokens)
+    except BaseException:
+        await gen.close()
+        raise
     await gen.start(attempt.timeout)
     if data["stream"]:
         return gen, None

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -147,6 +148,7 @@ async def _submit_all(
     jobs: list[tuple[list[int], SamplingParams]],
     owner: str | None = None,
     grammar_param: str = "response_format",
+    coming: int = 0,
 ) -> list:
     """Queue every job on the model's engine. An engine unloaded meanwhile (an
     operator's unload or reload) is replaced by a fresh one, so the request
@@ -155,10 +157,10 @@ async def _submit_all(
     try:
         for tokens, params in jobs:
             try:
-                handles.append(engine.submit(tokens, params, owner=owner))
+                handles.append(engine.submit(tokens, params, owner=owner, coming=coming))
             except EngineClosed:
                 engine = await local_engine(model)
-                handles.append(engine.submit(tokens, params, owner=owner))
+                handles.append(engine.submit(tokens, params, owner=owner, coming=coming))
     except GrammarError as exc:
         for handle in handles:
             handle.cancel()
@@ -422,6 +424,13 @@ def _plan_chat(engine: LlamaEngine, model: LLMModel, data: dict, tools: ToolRequ
 
 
 # -- generation ----------------------------------------------------------------------
+# Requests for each local model that this process has routed but not yet
+# submitted (prepared, reserving quota). Each submission tells the engine how
+# many are still on their way, so that an idle engine can wait a moment and
+# prefill a burst together (LlamaEngine._gather). Kept on the event loop: no lock.
+_on_their_way: Counter[str] = Counter()
+
+
 @dataclass(eq=False)
 class LocalGeneration:
     backend: LocalBackend
@@ -437,14 +446,17 @@ class LocalGeneration:
     grammar_param: str = "response_format"  # what a grammar the engine refuses is blamed on
     handles: list = field(default_factory=list)
     _peeked: list = field(default_factory=list)
+    on_its_way: bool = False  # counted in _on_their_way until submitted or closed
 
     async def start(self, timeout: float | None) -> None:
+        coming = self._arrived()
         self.handles = await _submit_all(
             self.backend.model,
             self.engine,
             self.jobs,
             owner=self.owner,
             grammar_param=self.grammar_param,
+            coming=coming,
         )
         # Peek with an iterator of its own: the rest may be read from another
         # event loop (Django's test client does that), and a handle iterator
@@ -506,7 +518,16 @@ class LocalGeneration:
     async def close(self) -> None:
         self._cancel()
 
+    def _arrived(self) -> int:
+        """No longer on its way; how many other requests for the model still are."""
+        model_id = self.backend.model.model_id
+        if self.on_its_way:
+            self.on_its_way = False
+            _on_their_way[model_id] -= 1
+        return _on_their_way[model_id]
+
     def _cancel(self) -> None:
+        self._arrived()
         for handle in self.handles:
             handle.cancel()
 
@@ -602,27 +623,34 @@ class LocalBackend:
         self.model = model
 
     async def prepare(self, request: GenerateRequest) -> LocalGeneration:
-        chat = request.kind == "chat/completions"
-        data = request.data
-        if chat:
-            chars = check_prompt_chars(self.model, data["messages"], "messages")
-        else:
-            chars = check_prompt_chars(self.model, data["prompt"], "prompt")
-        engine = await local_engine(self.model)
-        tools = tool_request(data) if chat else None
+        """The generation, planned. It counts as on its way to the engine until
+        started or closed (a caller closes one it does not start)."""
+        _on_their_way[self.model.model_id] += 1
+        try:
+            chat = request.kind == "chat/completions"
+            data = request.data
+            if chat:
+                chars = check_prompt_chars(self.model, data["messages"], "messages")
+            else:
+                chars = check_prompt_chars(self.model, data["prompt"], "prompt")
+            engine = await local_engine(self.model)
+            tools = tool_request(data) if chat else None
 
-        def plan(engine: LlamaEngine, model: LLMModel, data: dict):
-            if tools is not None:
-                return _plan_chat(engine, model, data, tools)
-            return _plan_completion(engine, model, data)
+            def plan(engine: LlamaEngine, model: LLMModel, data: dict):
+                if tools is not None:
+                    return _plan_chat(engine, model, data, tools)
+                return _plan_completion(engine, model, data)
 
-        if _plans_inline(data, chars):
-            jobs, prompt_tokens, reserve, texts, grammar_param = plan(engine, self.model, data)
-        else:
-            jobs, prompt_tokens, reserve, texts, grammar_param = await sync_to_async(
-                plan, thread_sensitive=False
-            )(engine, self.model, data)
-        check_capacity(engine, len(jobs), request.owner)
+            if _plans_inline(data, chars):
+                jobs, prompt_tokens, reserve, texts, grammar_param = plan(engine, self.model, data)
+            else:
+                jobs, prompt_tokens, reserve, texts, grammar_param = await sync_to_async(
+                    plan, thread_sensitive=False
+                )(engine, self.model, data)
+            check_capacity(engine, len(jobs), request.owner)
+        except BaseException:
+            _on_their_way[self.model.model_id] -= 1
+            raise
         return LocalGeneration(
             backend=self,
             engine=engine,
@@ -635,6 +663,7 @@ class LocalBackend:
             tools=tools,
             stops=tuple(request.data["stop"]),
             grammar_param=grammar_param or "response_format",
+            on_its_way=True,
         )
 
     async def embed(self, data: dict, *, owner: str | None = None) -> LocalEmbeddingJob:

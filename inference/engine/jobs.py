@@ -21,6 +21,11 @@ class GenerateJob:
     handle: Handle
     owner: str | None = None  # the tenant, for its share of the queue
     submitted_at: float = field(default_factory=time.monotonic)
+    # The submitter's hint: how many more requests for this model it has on
+    # their way (past routing, not yet submitted) as this one is submitted, and
+    # who it is (a gateway process), so that a later hint replaces an earlier.
+    coming: int = 0
+    source: object = None
 
 
 @dataclass(eq=False)

@@ -89,6 +89,7 @@ class LlamaEngine:
                 "embedding_batches",
                 "embedding_jobs_cancelled",
                 "peak_active_sequences",
+                "admission_waits",  # times an idle engine waited for announced requests
             ),
             0,
         )
@@ -165,14 +166,24 @@ class LlamaEngine:
 
     # -- submission -----------------------------------------------------------
     def submit(
-        self, prompt_tokens: list[int], params: SamplingParams, *, owner: str | None = None
+        self,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        *,
+        owner: str | None = None,
+        coming: int = 0,
+        source: object = None,
     ) -> Handle:
         """Queue a generation. `owner` (the tenant) counts it in owner_load() until it
-        ends, and gives each owner its turn at free sequences."""
+        ends, and gives each owner its turn at free sequences. `coming` is the
+        submitter's (`source`'s) count of further requests for this model on
+        their way: an idle engine waits a moment for them (_gather)."""
         if params.grammar:
             self.check_grammar(params.grammar)
         handle = Handle()
-        self._enqueue(GenerateJob(list(prompt_tokens), params, handle, owner))
+        job = GenerateJob(list(prompt_tokens), params, handle, owner)
+        job.coming, job.source = max(0, coming), source
+        self._enqueue(job)
         return handle
 
     def check_grammar(self, grammar: str) -> None:
@@ -238,6 +249,8 @@ class LlamaEngine:
                         self._cond.wait()
                     if self._closing and not (self._waiting or self._active or self._embedding):
                         break
+                    if not (self._active or self._embedding):
+                        self._gather()
                     jobs = self._take_jobs()
                     self._in_flight += sum(isinstance(j, GenerateJob) for j in jobs)
                 try:
@@ -260,6 +273,38 @@ class LlamaEngine:
                 self._snapshot_cells()
         finally:
             self._free()
+
+    def _gather(self) -> None:
+        """Waking from idle (the lock held): wait, up to the admission window, for
+        the requests the submitters say are on their way.
+
+        A gateway reaches its engine one request at a time, a few milliseconds
+        apart, so a burst of simultaneous requests would otherwise start with
+        the first prompt prefilled alone and the rest waiting out its prefill.
+        Each submission carries its source's count of requests still on their
+        way (the latest one per source is current); with none announced, or
+        sequences enough to fill every free slot, nothing waits. Once sequences
+        are decoding, new prompts join the next step anyway: no wait then.
+        """
+        window = self.spec.admission_window_ms / 1000
+        if window <= 0:
+            return
+        deadline = time.monotonic() + window
+        waited = False
+        while not self._closing and len(self._waiting) < self.n_parallel:
+            latest: dict[object, int] = {}
+            for job in self._waiting:
+                if isinstance(job, GenerateJob):
+                    latest[job.source] = job.coming
+            if not any(latest.values()):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            waited = True
+            self._cond.wait(left)
+        if waited:
+            self._counters["admission_waits"] += 1
 
     def _take_jobs(self) -> list[GenerateJob | EmbedJob]:
         """The jobs to start now: as many generations as free sequences allow.

@@ -20,6 +20,10 @@ class ModelSpec:
     n_batch: int = 512
     embeddings: bool = True
     n_parallel: int = 8
+    # Waking from idle, the engine holds its first prompts up to this long while
+    # their submitters say more are on their way, so that a burst is prefilled
+    # in one batch (see LlamaEngine._gather). 0: never.
+    admission_window_ms: float = 20.0
 
 
 @dataclass(frozen=True)

@@ -192,12 +192,19 @@ class WorkerEngine:
 
     # -- jobs --------------------------------------------------------------------------------
     def submit(
-        self, prompt_tokens: list[int], params: SamplingParams, *, owner: str | None = None
+        self,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        *,
+        owner: str | None = None,
+        coming: int = 0,
+        source: object = None,
     ) -> Handle:
+        # The worker knows this gateway process by its socket: `source` stays here.
         if params.grammar:
             self.check_grammar(params.grammar)
         return self.client.submit(
-            self, "submit", [list(prompt_tokens), params_to_wire(params), owner], owner
+            self, "submit", [list(prompt_tokens), params_to_wire(params), owner, coming], owner
         )
 
     def submit_embeddings(self, inputs: list[list[int]], *, owner: str | None = None) -> Handle:

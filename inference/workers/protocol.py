@@ -3,7 +3,7 @@
 Every frame is one msgpack value. Gateways talk to a worker over a DEALER ->
 ROUTER pair (one per gateway process and worker generation):
 
-    gateway -> worker   ["submit", job_id, prompt_tokens, params, owner]
+    gateway -> worker   ["submit", job_id, prompt_tokens, params, owner, coming]
                         ["embed", job_id, inputs, owner]
                         ["cancel", job_id]
                         ["grammar", request_id, grammar]

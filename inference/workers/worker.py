@@ -114,8 +114,10 @@ class Worker:
             if self.stopping:
                 raise EngineError(f"the worker for {self.spec.model_id} is shutting down")
             if op == "submit":
-                _, _, tokens, params, owner = message
-                handle = self.engine.submit(tokens, params_from_wire(params), owner=owner)
+                _, _, tokens, params, owner, coming = message
+                handle = self.engine.submit(
+                    tokens, params_from_wire(params), owner=owner, coming=coming, source=ident
+                )
             elif op == "embed":
                 _, _, inputs, owner = message
                 handle = self.engine.submit_embeddings(inputs, owner=owner)
