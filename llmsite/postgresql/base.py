@@ -39,10 +39,10 @@ class DatabaseWrapper(PostgreSQLDatabaseWrapper):
         pool.timeout = self._pool_timeout()
         return connection
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.connection is not None and self.connection.broken and self.pool is not None:
             self._database_down()
-        super()._close()
+        super().close()
 
     def _database_down(self) -> None:
         pool = self.pool

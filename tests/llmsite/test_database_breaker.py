@@ -6,7 +6,7 @@ import os
 import time
 
 import pytest
-from django.db import connections
+from django.db import OperationalError, connections
 
 from llmsite.env import database_from_url
 from llmsite.postgresql.base import DOWN_TIMEOUT, DatabaseWrapper
@@ -70,5 +70,26 @@ def test_a_healthy_database_keeps_the_full_wait(unblocked):
         db.connect()
         db.close()
         assert db.pool.timeout == POOL_TIMEOUT
+    finally:
+        db.close_pool()
+
+
+def test_a_connection_found_broken_makes_the_next_wait_short(unblocked):
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        pytest.skip("needs PostgreSQL (DATABASE_URL)")
+    db = wrapper("breaker_broken")
+    try:
+        db.connect()
+        with db.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            (pid,) = cursor.fetchone()
+        killer = wrapper("breaker_killer", OPTIONS={})
+        with killer.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        killer.close()
+        with pytest.raises(OperationalError), db.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        db.close()
+        assert db.pool.timeout == DOWN_TIMEOUT
     finally:
         db.close_pool()
