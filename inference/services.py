@@ -69,6 +69,7 @@ from llmsite.errors import (
     internal_error,
     to_api_error,
 )
+from llmsite.middleware import request_taken
 
 logger = logging.getLogger("llmsite.inference")
 
@@ -153,6 +154,8 @@ class Outcome:
 
 # -- accounting helpers -------------------------------------------------------------
 def _start(principal: Principal, endpoint: str, request_id: str, body) -> Accounting:
+    # From here on this request is ours: its one usage record is written however it ends.
+    request_taken()
     raw = body if isinstance(body, dict) else {}
     user = raw.get("user")
     return Accounting(

@@ -1,16 +1,15 @@
-"""Django's security checks, for the middleware subclasses in llmsite.middleware.
+"""Django's deploy security checks, for the middleware subclasses in llmsite.middleware.
 
-Django finds its security, CSRF and clickjacking middleware by dotted path, so
-with our subclasses (the same middleware, hooks on the event loop) it would
-report them missing (security.W001-W003) and skip every check that depends on
-them (HSTS, SSL redirect, nosniff, X-Frame-Options, secure CSRF cookie...).
-Here they (and the session middleware) are found by class instead, and the checks that depend on
-them run as Django's own code, with Django's ids and messages.
+Django finds its security, CSRF, session and clickjacking middleware by dotted
+path, so with our subclasses (the same middleware, hooks on the event loop) it
+reports them missing (security.W001-W003, silenced in settings) and skips every
+check that depends on them: HSTS, SSL redirect, nosniff, X-Frame-Options, the
+secure CSRF and session cookies. Here the middleware is found by class, and
+those checks' conditions are read from settings as Django's own read them,
+answered with Django's own messages (ids and texts).
 """
 
 from __future__ import annotations
-
-from unittest import mock
 
 from django.conf import settings
 from django.contrib.sessions.middleware import SessionMiddleware
@@ -30,40 +29,63 @@ def _installed(cls: type) -> bool:
     return any(isinstance(m, type) and issubclass(m, cls) for m in found)
 
 
-def _gated_checks() -> list:
-    return [
-        base.check_sts,
-        base.check_sts_include_subdomains,
-        base.check_sts_preload,
-        base.check_content_type_nosniff,
-        base.check_ssl_redirect,
-        base.check_xframe_deny,
-        base.check_referrer_policy,
-        base.check_cross_origin_opener_policy,
-        csrf.check_csrf_cookie_secure,
-        sessions.check_session_cookie_secure,
-        sessions.check_session_cookie_httponly,
-    ]
+def _security_checks() -> list[checks.CheckMessage]:
+    messages: list[checks.CheckMessage] = []
+    hsts = settings.SECURE_HSTS_SECONDS
+    if not hsts:
+        messages.append(base.W004)
+    elif settings.SECURE_HSTS_INCLUDE_SUBDOMAINS is not True:
+        messages.append(base.W005)
+    if hsts and settings.SECURE_HSTS_PRELOAD is not True:
+        messages.append(base.W021)
+    if settings.SECURE_CONTENT_TYPE_NOSNIFF is not True:
+        messages.append(base.W006)
+    if settings.SECURE_SSL_REDIRECT is not True:
+        messages.append(base.W008)
+    policy = settings.SECURE_REFERRER_POLICY
+    if policy is None:
+        messages.append(base.W022)
+    else:
+        values = {v.strip() for v in policy.split(",")} if isinstance(policy, str) else set(policy)
+        if not values <= base.REFERRER_POLICY_VALUES:
+            messages.append(base.E023)
+    opener = settings.SECURE_CROSS_ORIGIN_OPENER_POLICY
+    if opener is not None and opener not in base.CROSS_ORIGIN_OPENER_POLICY_VALUES:
+        messages.append(base.E024)
+    return messages
+
+
+def _session_checks() -> list[checks.CheckMessage]:
+    # Django's own checks still see the sessions app, and say so (W010, W013).
+    messages: list[checks.CheckMessage] = []
+    if settings.SESSION_COOKIE_SECURE is not True:
+        messages.append(sessions.W011)
+    if settings.SESSION_COOKIE_HTTPONLY is not True:
+        messages.append(sessions.W014)
+    return messages
 
 
 @checks.register(checks.Tags.security, deploy=True)
 def middleware_checks(app_configs, **kwargs) -> list[checks.CheckMessage]:
-    security, xframe, csrf_ = (
-        _installed(SecurityMiddleware),
-        _installed(XFrameOptionsMiddleware),
-        _installed(CsrfViewMiddleware),
+    security, xframe, csrf_, session = (
+        _installed(cls)
+        for cls in (
+            SecurityMiddleware,
+            XFrameOptionsMiddleware,
+            CsrfViewMiddleware,
+            SessionMiddleware,
+        )
     )
-    session = _installed(SessionMiddleware)
     messages: list[checks.CheckMessage] = []
     for present, warning in ((security, base.W001), (xframe, base.W002), (csrf_, csrf.W003)):
         if not present:
             messages.append(checks.Warning(warning.msg, id=f"llmsite.{warning.id}"))
-    with (
-        mock.patch.object(base, "_security_middleware", lambda: security),
-        mock.patch.object(base, "_xframe_middleware", lambda: xframe),
-        mock.patch.object(csrf, "_csrf_middleware", lambda: csrf_),
-        mock.patch.object(sessions, "_session_middleware", lambda: session),
-    ):
-        for check in _gated_checks():
-            messages.extend(check(app_configs))
+    if security:
+        messages += _security_checks()
+    if xframe and settings.X_FRAME_OPTIONS != "DENY":
+        messages.append(base.W019)
+    if csrf_ and not settings.CSRF_USE_SESSIONS and settings.CSRF_COOKIE_SECURE is not True:
+        messages.append(csrf.W016)
+    if session:
+        messages += _session_checks()
     return messages

@@ -88,7 +88,7 @@ def database_from_url(name: str, url: str) -> dict:
         except ValueError:
             raise ConfigError(f"{name} has an invalid port in {url!r}") from None
         return {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": "llmsite.postgresql",
             "NAME": db_name,
             "USER": unquote(parts.username or ""),
             "PASSWORD": unquote(parts.password or ""),

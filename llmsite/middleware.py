@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -22,6 +24,24 @@ from llmsite.errors import InvalidRequest, RequestTooLarge, error_response
 # What a client-chosen request id may be (X-Request-Id here; the WebSocket
 # consumer's request_id too): safe to echo in headers and logs.
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class _Ownership:
+    taken = False
+
+
+# Per request: whether a service has taken it (and so owes its usage record).
+# A mutable holder, so that a service running in a task of its own (a batch
+# item) marks the request its context was copied from.
+_ownership: ContextVar[_Ownership | None] = ContextVar("llmsite_request_ownership", default=None)
+
+
+def request_taken() -> None:
+    """Called by the service that takes this request: from now on it accounts
+    for it (one usage record), however the request ends."""
+    ownership = _ownership.get()
+    if ownership is not None:
+        ownership.taken = True
 
 
 def _request_id(request) -> str:
@@ -102,7 +122,21 @@ class request_context:
     async def __acall__(self, request):
         started = time.perf_counter()
         request.request_id = _request_id(request)
-        response = _too_large(request) or _nul_in_url(request) or await self.get_response(request)
+        ownership = _Ownership()
+        token = _ownership.set(ownership)
+        try:
+            response = (
+                _too_large(request) or _nul_in_url(request) or await self.get_response(request)
+            )
+        except asyncio.CancelledError:
+            # Django cancels the view when the client disconnects (`http.disconnect`)
+            # before the response began. A service that took the request records it;
+            # one that never got it leaves nothing else to show it existed.
+            if not ownership.taken:
+                prometheus.REQUESTS_ABANDONED.inc()
+            raise
+        finally:
+            _ownership.reset(token)
         return _finish(request, response, started)
 
 

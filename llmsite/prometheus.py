@@ -45,6 +45,15 @@ HTTP_DURATION = Histogram(
     registry=REGISTRY,
 )
 
+# Requests whose client left before any response began and before any service
+# took them (nothing reserved, generated or recorded): without this count they
+# would leave no trace at all. soak/check.py matches it to its dropped requests.
+REQUESTS_ABANDONED = Counter(
+    "llmsite_requests_abandoned",
+    "Requests the client abandoned before a service took them (so with no usage record).",
+    registry=REGISTRY,
+)
+
 UNMATCHED_ROUTE = "(unmatched)"
 
 

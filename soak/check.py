@@ -2,9 +2,12 @@
 
 - 0 requests lost: every request ended in a success or a clean 429/503.
 - Exactly one usage record per request (batch: one per item), none unaccounted for;
-  a stream the client dropped (`disconnected`) after its headers too, marked
-  `cancelled` (or `ok` when it had finished); one dropped as soon as it was sent
-  has at most one.
+  a request the client dropped (`disconnected`) too, marked `cancelled` (or `ok`
+  when it had finished). One dropped as soon as it was sent (a stream, a batch)
+  may have been cancelled before any service took it: then it has no record, and
+  the server's llmsite_requests_abandoned_total must have counted it (`abandoned`,
+  the counter's growth over the run). A WebSocket closed mid-generation owes its
+  record like any other.
 - The tenant's quota counters in Redis equal its records: tokens per day and per
   month, the monthly budget in nanos; no concurrency lease left held.
 - Engine slots freed (check_engines): /metrics shows nothing in flight or queued.
@@ -27,7 +30,13 @@ def read_ledger(path: Path) -> list[dict]:
 
 
 def check_accounting(
-    *, server, ledger: list[dict], prefix: str, redis_url: str, quota_prefix: str
+    *,
+    server,
+    ledger: list[dict],
+    prefix: str,
+    redis_url: str,
+    quota_prefix: str,
+    abandoned: int | None = None,
 ) -> tuple[list[str], dict]:
     """Problems found (empty: all good) and the figures."""
     problems: list[str] = []
@@ -60,17 +69,30 @@ def check_accounting(
     stray = sorted(rid for rid in got if rid not in expected)
     # A batch refused as a whole (a clean 429/503 on the envelope) ran no item.
     refused_batches = {
-        rid for e in ledger if e["kind"] == "batch" and e["outcome"] != "ok" for rid in e["records"]
+        rid
+        for e in ledger
+        if e["kind"] == "batch" and e["outcome"] == "refused"
+        for rid in e["records"]
     }
     missing = [rid for rid in missing if rid not in refused_batches]
-    # A stream dropped right after its request was sent may be cut off before it
-    # reaches the service (Django cancels the view on `http.disconnect`): nothing
-    # was reserved or generated, so no record is owed. Counted, not failed.
-    unstarted = {
-        e["id"] for e in ledger if e["outcome"] == "disconnected" and e.get("at") == "sent"
-    }
-    unrecorded_unstarted = sorted(rid for rid in missing if rid in unstarted)
-    missing = [rid for rid in missing if rid not in unstarted]
+    # A request dropped right after it was sent may be cut off before any service
+    # takes it (Django cancels the view on `http.disconnect`): nothing was
+    # reserved or generated, so no record is owed; the server counts it as
+    # abandoned instead. All of its records or none: a batch with some items
+    # recorded and others not lost the others.
+    unstarted = [e for e in ledger if e["outcome"] == "disconnected" and e.get("at") == "sent"]
+    unrecorded_unstarted = sorted(
+        e["id"] for e in unstarted if not any(got[rid] for rid in e["records"])
+    )
+    excused = {rid for e in unstarted if e["id"] in unrecorded_unstarted for rid in e["records"]}
+    missing = [rid for rid in missing if rid not in excused]
+    if abandoned is None:
+        problems.append("the server's abandoned-request counter was not read")
+    elif abandoned != len(unrecorded_unstarted):
+        problems.append(
+            f"{len(unrecorded_unstarted)} requests dropped on send left no record, but the"
+            f" server counted {abandoned} abandoned, e.g. {unrecorded_unstarted[:5]}"
+        )
     if missing:
         problems.append(f"{len(missing)} requests have no usage record, e.g. {missing[:5]}")
     if doubled:
@@ -112,17 +134,27 @@ def check_accounting(
         problems.append(f"budget: counter {counters['budget_nanos']} nanos, records {cost_nanos}")
     if leases:
         problems.append(f"{leases} concurrency leases still held")
-    dropped = {e["id"] for e in ledger if e["outcome"] == "disconnected"}
+    dropped = {
+        rid
+        for e in ledger
+        if e["outcome"] == "disconnected" and e["kind"] != "ws"
+        for rid in e["records"]
+    }
     dropped_status = Counter(r[1] for r in rows if r[0] in dropped)
-    if set(dropped_status) - {"cancelled", "ok"}:
-        problems.append(f"dropped streams recorded as {dict(dropped_status)}")
+    # A batch item may also have been refused on its own (its 429) before the drop.
+    if set(dropped_status) - {"cancelled", "ok", "rejected"}:
+        problems.append(f"dropped requests recorded as {dict(dropped_status)}")
     figures = {
         "requests": len(ledger),
         "disconnected_at": dict(
-            Counter(e.get("at") for e in ledger if e["outcome"] == "disconnected")
+            Counter(f"{e['kind']}:{e.get('at')}" for e in ledger if e["outcome"] == "disconnected")
         ),
         "disconnected_record_status": dict(dropped_status),
         "dropped_on_send_without_record": len(unrecorded_unstarted),
+        "abandoned_counted": abandoned,
+        "websocket_dropped": sum(
+            1 for e in sockets if e.get("at") == "chunks" and e["outcome"] == "disconnected"
+        ),
         "outcomes": dict(outcomes),
         "by_kind": dict(Counter(e["kind"] for e in ledger)),
         "records_expected": sum(expected.values()),
@@ -136,6 +168,16 @@ def check_accounting(
         "leases_held": leases,
     }
     return problems, figures
+
+
+def abandoned_total(*, base_url: str) -> int:
+    """The server's llmsite_requests_abandoned_total, read from /metrics on loopback."""
+    import httpx
+
+    for line in httpx.get(f"{base_url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("llmsite_requests_abandoned_total "):
+            return int(float(line.rpartition(" ")[2]))
+    raise RuntimeError("llmsite_requests_abandoned_total missing from /metrics")
 
 
 ENGINE_GAUGES = (

@@ -4,7 +4,8 @@ batch, and chat over the WebSocket.
 Every request carries an `x-request-id` (the WebSocket's own `request_id`) under
 the run's prefix, and is written to a ledger (one JSON line each) with its
 outcome: `ok`, `refused` (a clean 429 or 503 in the error shape), `disconnected`
-(a streamed chat the client dropped on purpose, at a random point) or `lost`
+(a request the client dropped on purpose: a streamed chat at a random point, a
+batch right after sending it, a WebSocket closed mid-generation) or `lost`
 (anything else: a connection error, a 5xx, a broken stream, a body out of shape).
 soak/check.py then matches the ledger against the usage records.
 
@@ -163,9 +164,8 @@ class ApiUser(HttpUser):
         body = {"model": BASE_MODEL, "input": random.sample(PROMPTS, 2)}
         self._post("embeddings", "/v1/embeddings", body)
 
-    @task(1)
-    def batch(self) -> None:
-        items = [
+    def _batch_items(self) -> list[dict]:
+        return [
             {"custom_id": "c", "url": "/v1/chat/completions", "body": self._chat(False)},
             {
                 "custom_id": "e",
@@ -173,6 +173,10 @@ class ApiUser(HttpUser):
                 "body": {"model": BASE_MODEL, "input": "x"},
             },
         ]
+
+    @task(1)
+    def batch(self) -> None:
+        items = self._batch_items()
         # The envelope leaves no record; each item leaves one, `<x-request-id>-<index>`.
         self._post(
             "batch",
@@ -180,6 +184,21 @@ class ApiUser(HttpUser):
             {"requests": items, "concurrency": 2},
             records=lambda rid: [f"{rid}-{i}" for i in range(len(items))],
         )
+
+    @task(1)
+    def batch_dropped(self) -> None:
+        """A batch whose client goes away as soon as it is sent: each item that
+        started owes its record; if none had, the server counts the request as
+        abandoned (llmsite_requests_abandoned_total)."""
+        if not _take():
+            self.stop_if_capped()
+            return
+        rid = self._id("batchdropped")
+        items = self._batch_items()
+        records = [f"{rid}-{i}" for i in range(len(items))]
+        entry = {"id": rid, "kind": "batch", "records": records, "at": "sent"}
+        body = json.dumps({"requests": items, "concurrency": 2})
+        self._send_and_drop(entry, "/v1/batch", body)
 
     @task(2)
     def chat_stream_dropped(self) -> None:
@@ -193,10 +212,17 @@ class ApiUser(HttpUser):
         rid = self._id("dropped")
         at = random.choice(["sent", "headers", "chunks"])
         entry = {"id": rid, "kind": "dropped", "records": [rid], "at": at}
+        body = json.dumps({**self._chat(True), "max_tokens": max(MAX_TOKENS, 16)})
+        self._send_and_drop(entry, "/v1/chat/completions", body)
+
+    def _send_and_drop(self, entry: dict, path: str, body: str) -> None:
+        """POST `body` on a bare socket and leave at `entry["at"]`: right after
+        sending, after the headers, or after a few chunks."""
+        rid = entry["id"]
+        at = entry["at"]
         # A bare socket, so that "drop" is a real close, not a pooled connection kept.
         url = urlsplit(self.host)
         conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=120)
-        body = json.dumps({**self._chat(True), "max_tokens": max(MAX_TOKENS, 16)})
         headers = {
             "Authorization": f"Bearer {API_KEY}",
             "x-request-id": rid,
@@ -205,7 +231,7 @@ class ApiUser(HttpUser):
         started = time.monotonic()
         error = None
         try:
-            conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            conn.request("POST", path, body=body, headers=headers)
             if at != "sent":
                 r = conn.getresponse()
                 entry["status"] = r.status
@@ -260,7 +286,7 @@ class SocketUser(HttpUser):
             raise RuntimeError(f"auth refused: {reply}")
         return ws
 
-    @task
+    @task(3)
     def chat(self) -> None:
         if not _take():
             time.sleep(1)
@@ -296,14 +322,58 @@ class SocketUser(HttpUser):
             if self.ws is not None:
                 self.ws.close()
             self.ws = None
+        self._fire(entry, started, "ws")
+
+    def _fire(self, entry: dict, started: float, name: str) -> None:
         elapsed = (time.monotonic() - started) * 1000
         entry["ms"] = round(elapsed)
         events.request.fire(
             request_type="WS",
-            name="ws",
+            name=name,
             response_time=elapsed,
             response_length=0,
             exception=None if entry["outcome"] != "lost" else RuntimeError(str(entry)),
             context={},
         )
         _record(entry)
+
+    @task
+    def chat_dropped(self) -> None:
+        """A chat on a socket of its own, closed as soon as the first chunk comes:
+        the consumer cancels the generation and still writes its usage record."""
+        if not _take():
+            time.sleep(1)
+            return
+        rid = f"{PREFIX}-wsdropped-{uuid.uuid4().hex[:12]}"
+        entry = {"id": rid, "kind": "ws", "records": [rid], "at": "chunks"}
+        started = time.monotonic()
+        ws = None
+        try:
+            ws = self._connect()
+            body = {
+                "model": CHAT_MODEL,
+                "messages": [{"role": "user", "content": "Write a long story about the sea."}],
+                "max_tokens": max(MAX_TOKENS, 64),
+            }
+            ws.send(json.dumps({"type": "chat.completion.create", "request_id": rid, "body": body}))
+            while True:
+                msg = json.loads(ws.recv())
+                if msg.get("request_id") != rid:
+                    continue
+                if msg["type"] == "chat.completion.chunk":
+                    entry["outcome"] = "disconnected"
+                    break
+                if msg["type"] == "chat.completion.done":
+                    entry["outcome"] = "ok"  # ended before the first chunk was read
+                    break
+                if msg["type"] == "error":
+                    code = (msg.get("error") or {}).get("code")
+                    refused = code in REFUSAL_CODES
+                    entry.update(outcome="refused" if refused else "lost", error=msg["error"])
+                    break
+        except Exception as exc:
+            entry.update(outcome="lost", error=repr(exc)[:300])
+        finally:
+            if ws is not None:
+                ws.close()
+        self._fire(entry, started, "ws-dropped")

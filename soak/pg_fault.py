@@ -173,6 +173,13 @@ def main() -> int:
                 seen = Counter((e["status"], e.get("code", "")) for e in spans)
                 slowest = max((e["s"] for e in spans), default=0)
                 print(f"{name}: {dict(seen)}; slowest {slowest:.1f}s")
+                # How long a client waited for its 503: the figure that fail-fast moves.
+                waits = sorted(e["s"] for e in spans if e["status"] == 503)
+                if waits:
+                    print(
+                        f"  {len(waits)} 503s: median {waits[len(waits) // 2]:.2f}s,"
+                        f" max {waits[-1]:.2f}s"
+                    )
             took = None if recovered is None else round(recovered, 1)
             print(
                 f"PostgreSQL back: recovered in {took}s;"

@@ -5,8 +5,9 @@
 2. Warm up (`--warm-up` requests of the same traffic), then read the server's RSS.
 3. Locust (soak/locustfile.py), `--users` at once, until `--requests` requests
    have completed or `--duration` has passed.
-4. RSS again; soak/check.py matches the ledger to the usage records and the
-   quota counters. Exit status 0 when every check held.
+4. RSS again; soak/check.py matches the ledger to the usage records, the
+   quota counters and the requests the server counted as abandoned (read from
+   /metrics before and after). Exit status 0 when every check held.
 
     .venv/bin/python soak/run.py                                  # the documented default
     .venv/bin/python soak/run.py --users 10 --requests 200 --duration 120
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soak.check import check_accounting, check_engines, read_ledger
+from soak.check import abandoned_total, check_accounting, check_engines, read_ledger
 from soak.server import live_server, rss_bytes
 
 CHAT = "qwen2.5-coder-0.5b-instruct"
@@ -139,6 +140,7 @@ def main() -> int:
         # Warm-up: the same traffic, so that every engine slot, pool and cache the
         # measured run touches already exists when RSS is first read.
         load_models(server.base_url, server.api_key)
+        abandoned_before = abandoned_total(base_url=server.base_url)
         warm_ledger = out / f"ledger-{run_id}-warm.jsonl"
         run_locust(
             server=server,
@@ -170,6 +172,7 @@ def main() -> int:
             prefix=prefix,
             redis_url=redis_url,
             quota_prefix=quota_prefix,
+            abandoned=abandoned_total(base_url=server.base_url) - abandoned_before,
         )
         problems += acct_problems
         engine_problems, engine_figures = check_engines(base_url=server.base_url)
