@@ -157,7 +157,9 @@ def run_samples(
 
 
 class CpuWatch:
-    """How many CPU cores processes other than `pids` kept busy since creation (Linux only)."""
+    """How many CPU cores processes other than `pids` and their descendants kept busy
+    since creation (Linux only). Descendants count as ours: llmsite's `serve` runs
+    its gateways and model workers as child processes."""
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
@@ -184,15 +186,32 @@ class CpuWatch:
         return sum(ticks) - ticks[3] - ticks[4]
 
     def _our_ticks(self) -> int | None:
-        total = 0
-        for pid in self.pids:
+        """CPU ticks of `pids` and every live descendant; with each process's reaped
+        children (cutime, cstime), so a child that ended since is not lost."""
+        stats: dict[int, list[str]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
             try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
+                # The name in parentheses may hold spaces: split after it.
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
-                return None
-            # utime and stime are fields 14 and 15; the name in parentheses may hold spaces.
-            fields = stat.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+                continue  # it ended meanwhile
+        if any(pid not in stats for pid in self.pids):
+            return None
+        children: dict[int, list[int]] = {}
+        for pid, fields in stats.items():
+            children.setdefault(int(fields[1]), []).append(pid)
+        total, todo, seen = 0, list(self.pids), set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            fields = stats[pid]
+            # utime, stime, cutime, cstime: fields 14 to 17 of /proc/PID/stat.
+            total += sum(int(f) for f in fields[11:15])
+            todo.extend(children.get(pid, ()))
         return total
 
 
