@@ -181,9 +181,11 @@ class LlamaEngine:
         if params.grammar:
             self.check_grammar(params.grammar)
         handle = Handle()
-        job = GenerateJob(list(prompt_tokens), params, handle, owner)
-        job.coming, job.source = max(0, coming), source
-        self._enqueue(job)
+        self._enqueue(
+            GenerateJob(
+                list(prompt_tokens), params, handle, owner, coming=max(0, coming), source=source
+            )
+        )
         return handle
 
     def check_grammar(self, grammar: str) -> None:

@@ -198,9 +198,8 @@ class WorkerEngine:
         *,
         owner: str | None = None,
         coming: int = 0,
-        source: object = None,
     ) -> Handle:
-        # The worker knows this gateway process by its socket: `source` stays here.
+        # The worker tells gateway processes apart by their sockets: no `source`.
         if params.grammar:
             self.check_grammar(params.grammar)
         return self.client.submit(
