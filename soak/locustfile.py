@@ -15,6 +15,7 @@ soak/check.py then matches the ledger against the usage records.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -43,6 +44,8 @@ REFUSAL_CODES = {
     "service_unavailable",
     "model_not_ready",
     "model_overloaded",
+    "tenant_queue_full",
+    "server_shutting_down",
     "backend_unavailable",
 }
 
@@ -94,8 +97,28 @@ def _clean_refusal(status: int, body: bytes) -> bool:
     return isinstance(error, dict) and {"message", "type", "param", "code"} <= set(error)
 
 
-class ApiUser(HttpUser):
-    wait_time = between(0.5, 2)
+_think = between(0.5, 2)
+RETRY_AFTER_CAP = 10.0  # seconds: a longer Retry-After (a daily quota) is not waited out
+
+
+class PoliteUser(HttpUser):
+    """A user that, like the official SDKs, waits out a refusal's Retry-After
+    before its next request; otherwise it thinks for 0.5 to 2 s."""
+
+    abstract = True
+    _retry_after = 0.0
+
+    def wait_time(self) -> float:
+        wait, self._retry_after = max(_think(self), self._retry_after), 0.0
+        return wait
+
+    def retry_after(self, value) -> None:
+        """Note a refusal's Retry-After (the header, or the WebSocket event's field)."""
+        with contextlib.suppress(TypeError, ValueError):
+            self._retry_after = min(float(value), RETRY_AFTER_CAP)
+
+
+class ApiUser(PoliteUser):
     weight = 4
 
     def _id(self, kind: str) -> str:
@@ -123,6 +146,7 @@ class ApiUser(HttpUser):
                     entry["outcome"] = "ok" if ok else "lost"
                 elif _clean_refusal(r.status_code, r.content):
                     entry["outcome"] = "refused"
+                    self.retry_after(r.headers.get("Retry-After"))
                     r.success()
                 else:
                     entry["outcome"] = "lost"
@@ -239,6 +263,7 @@ class ApiUser(HttpUser):
                     content = r.read()
                     at = entry["at"] = "refused"
                     entry["outcome"] = "refused" if _clean_refusal(r.status, content) else "lost"
+                    self.retry_after(r.getheader("Retry-After"))
                 elif at == "chunks":
                     entry["chunks"] = random.randint(1, 3)
                     for _ in range(entry["chunks"]):
@@ -264,10 +289,9 @@ class ApiUser(HttpUser):
         _record(entry)
 
 
-class SocketUser(HttpUser):
+class SocketUser(PoliteUser):
     """One WebSocket per user, a chat at a time on it, for the user's whole life."""
 
-    wait_time = between(0.5, 2)
     weight = 1
 
     def on_start(self) -> None:
@@ -316,6 +340,7 @@ class SocketUser(HttpUser):
                     code = (msg.get("error") or {}).get("code")
                     refused = code in REFUSAL_CODES
                     entry.update(outcome="refused" if refused else "lost", error=msg["error"])
+                    self.retry_after(msg.get("retry_after"))
                     break
         except Exception as exc:
             entry.update(outcome="lost", error=repr(exc)[:300])
@@ -370,6 +395,7 @@ class SocketUser(HttpUser):
                     code = (msg.get("error") or {}).get("code")
                     refused = code in REFUSAL_CODES
                     entry.update(outcome="refused" if refused else "lost", error=msg["error"])
+                    self.retry_after(msg.get("retry_after"))
                     break
         except Exception as exc:
             entry.update(outcome="lost", error=repr(exc)[:300])

@@ -105,7 +105,13 @@ def main() -> int:
     parser.add_argument("--spawn-rate", type=float, default=5)
     parser.add_argument("--requests", type=int, default=2000, help="requests after warm-up")
     parser.add_argument("--duration", type=int, default=1800, help="seconds at most")
-    parser.add_argument("--concurrent", type=int, default=16, help="the tenant's max_concurrent")
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=32,
+        help="the tenant's max_concurrent: below --users, so that clean 429s happen, and "
+        "at the tenant's share of an engine's queue, so that tenant_queue_full does too",
+    )
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--warm-up", type=int, default=300, help="requests before RSS is read")
     parser.add_argument("--rss-limit-mb", type=float, default=50)
