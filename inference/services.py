@@ -69,7 +69,7 @@ from llmsite.errors import (
     internal_error,
     to_api_error,
 )
-from llmsite.middleware import request_taken
+from llmsite.middleware import request_routed, request_taken
 
 logger = logging.getLogger("llmsite.inference")
 
@@ -316,6 +316,8 @@ async def _routed(*, principal: Principal, data: dict, acct: Accounting, capabil
         started = time.monotonic()
         timeout = None if last else settings.LLMSITE_ROUTER_TIMEOUT
         attempt = _Attempt(model, backend_for(model), started, timeout)
+        # From here the backend counts it (a local one as on its way to its engine).
+        request_routed()
         try:
             result = await run(attempt)
         except BaseException as exc:

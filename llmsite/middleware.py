@@ -28,12 +28,34 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 class _Ownership:
     taken = False
+    arriving = False  # counted in _arriving until routed or ended
 
 
 # Per request: whether a service has taken it (and so owes its usage record).
 # A mutable holder, so that a service running in a task of its own (a batch
 # item) marks the request its context was copied from.
 _ownership: ContextVar[_Ownership | None] = ContextVar("llmsite_request_ownership", default=None)
+
+
+# POSTs to /v1 that this process has received and not yet routed to a model.
+# An idle engine counts them as on their way (the admission window in
+# inference.backends.local): a burst of simultaneous requests spreads out over
+# the milliseconds each spends in middleware and authentication, and without
+# them the first would be prefilled alone.
+_arriving = 0
+
+
+def requests_arriving() -> int:
+    return _arriving
+
+
+def request_routed() -> None:
+    """Called when this request reaches a model's backend: no longer arriving."""
+    global _arriving
+    ownership = _ownership.get()
+    if ownership is not None and ownership.arriving:
+        ownership.arriving = False
+        _arriving -= 1
 
 
 def request_taken() -> None:
@@ -120,9 +142,13 @@ class request_context:
         return _finish(request, response, started)
 
     async def __acall__(self, request):
+        global _arriving
         started = time.perf_counter()
         request.request_id = _request_id(request)
         ownership = _Ownership()
+        if request.method == "POST" and request.path.startswith("/v1/"):
+            ownership.arriving = True
+            _arriving += 1
         token = _ownership.set(ownership)
         try:
             response = (
@@ -136,6 +162,9 @@ class request_context:
                 prometheus.REQUESTS_ABANDONED.inc()
             raise
         finally:
+            if ownership.arriving:  # ended before it was routed: refused, invalid, gone
+                ownership.arriving = False
+                _arriving -= 1
             _ownership.reset(token)
         return _finish(request, response, started)
 

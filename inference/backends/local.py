@@ -50,6 +50,7 @@ from llmsite.errors import (
     ServiceUnavailable,
     internal_error,
 )
+from llmsite.middleware import requests_arriving
 
 logger = logging.getLogger("llmsite.inference")
 
@@ -519,12 +520,13 @@ class LocalGeneration:
         self._cancel()
 
     def _arrived(self) -> int:
-        """No longer on its way; how many other requests for the model still are."""
+        """No longer on its way; how many other requests may still be: those for
+        the model, and those this process has received and not yet routed."""
         model_id = self.backend.model.model_id
         if self.on_its_way:
             self.on_its_way = False
             _on_their_way[model_id] -= 1
-        return _on_their_way[model_id]
+        return _on_their_way[model_id] + requests_arriving()
 
     def _cancel(self) -> None:
         self._arrived()

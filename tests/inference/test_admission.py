@@ -25,6 +25,7 @@ from inference import services
 from inference.backends import local
 from inference.engine import Finished, LlamaEngine, SamplingParams
 from inference.registry import spec_for
+from llmsite.middleware import requests_arriving
 
 pytestmark = pytest.mark.django_db
 
@@ -196,3 +197,61 @@ async def test_a_request_refused_on_its_way_is_no_longer_counted(api_key, tenant
     )
     assert bad.status_code == 400, bad.content
     assert local._on_their_way[gemma.model_id] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_request_received_but_not_yet_routed_counts_as_on_its_way(
+    api_key, gemma, monkeypatch
+):
+    hints: list[int] = []
+    submitted = asyncio.Event()
+    original_submit = LlamaEngine.submit
+
+    def recording(self, *args, coming=0, **kwargs):
+        hints.append(coming)
+        submitted.set()
+        return original_submit(self, *args, coming=coming, **kwargs)
+
+    monkeypatch.setattr(LlamaEngine, "submit", recording)
+    # The second request to reach the router waits there until the first has
+    # been submitted: it has been received (middleware, authentication) but its
+    # model is not known yet, as in a burst whose tail is still being authenticated.
+    original_route = services._route_resolve
+    routed = 0
+
+    async def route(*args, **kwargs):
+        nonlocal routed
+        routed += 1
+        if routed == 2:
+            await asyncio.wait_for(submitted.wait(), 30)
+        return await original_route(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_route_resolve", route)
+    client = AsyncClient()
+    body = {"model": "gemma-3-270m", "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/v1/completions", body, content_type="application/json", headers=_auth(api_key)
+            )
+            for _ in range(2)
+        )
+    )
+    assert [r.status_code for r in responses] == [200, 200], [r.content for r in responses]
+    assert hints == [1, 0]
+    assert requests_arriving() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_request_refused_before_routing_is_no_longer_arriving(api_key):
+    client = AsyncClient()
+    body = {"model": "gemma-3-270m", "prompt": "Hello", "max_tokens": 1}
+    unknown = await client.post(
+        "/v1/completions", body, content_type="application/json", headers=_auth("sk-llm-nope")
+    )
+    assert unknown.status_code == 401, unknown.content
+    invalid = await client.post(
+        "/v1/completions", "{", content_type="application/json", headers=_auth(api_key)
+    )
+    assert invalid.status_code == 400, invalid.content
+    assert requests_arriving() == 0
