@@ -29,11 +29,38 @@ def _setup_django() -> None:
     django.setup()
 
 
+def _descendants(pid: int) -> list[int]:
+    """`pid`'s children, their children and so on (from /proc)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:  # the task ended meanwhile
+                continue
+            for child in map(int, children):
+                found.append(child)
+                todo.append(child)
+    return found
+
+
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    """The resident memory of `pid` and all its descendants: the gateway and the
+    model worker processes it started, where llama.cpp's weights and KV caches live."""
+    total = 0
+    for each in [pid, *_descendants(pid)]:
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:  # a child that ended meanwhile
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    if total == 0:
+        raise RuntimeError(f"no VmRSS for {pid}")
+    return total
 
 
 @contextmanager
