@@ -289,13 +289,25 @@ class ApiUser(PoliteUser):
         _record(entry)
 
 
+# daphne pings a WebSocket idle for 20 s (its --ping-interval) and drops it,
+# with a TCP reset, when no pong comes within 30 s (--ping-timeout).
+# websocket-client answers pings only inside recv(), and this user reads its
+# socket only during its own chats: one that spent longer than that elsewhere
+# (a dropped chat that waited 40 s for its first chunk, a Retry-After) would
+# send its next chat on a socket the server has dropped, as keep-alive HTTP
+# clients would on a pooled connection. Like them it opens a new one instead.
+SOCKET_STALE_AFTER_S = 20
+
+
 class SocketUser(PoliteUser):
-    """One WebSocket per user, a chat at a time on it, for the user's whole life."""
+    """One WebSocket per user, a chat at a time on it, reopened when it has not
+    been read for longer than the server's keep-alive ping interval."""
 
     weight = 1
 
     def on_start(self) -> None:
         self.ws = None
+        self.last_read = 0.0
 
     def on_stop(self) -> None:
         if self.ws is not None:
@@ -319,8 +331,12 @@ class SocketUser(PoliteUser):
         entry = {"id": rid, "kind": "ws", "records": [rid]}
         started = time.monotonic()
         try:
+            if self.ws is not None and time.monotonic() - self.last_read > SOCKET_STALE_AFTER_S:
+                self.ws.close()
+                self.ws = None
             if self.ws is None:
                 self.ws = self._connect()
+                self.last_read = time.monotonic()
             body = {
                 "model": CHAT_MODEL,
                 "messages": [{"role": "user", "content": random.choice(PROMPTS)}],
@@ -331,6 +347,7 @@ class SocketUser(PoliteUser):
             )
             while True:
                 msg = json.loads(self.ws.recv())
+                self.last_read = time.monotonic()
                 if msg.get("request_id") != rid:
                     continue
                 if msg["type"] == "chat.completion.done":
