@@ -138,6 +138,20 @@ def _auth(api_key: str) -> dict:
     return {"Authorization": f"Bearer {api_key}"}
 
 
+async def _two_completions_at_once(api_key: str) -> None:
+    client = AsyncClient()
+    body = {"model": "gemma-3-270m", "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/v1/completions", body, content_type="application/json", headers=_auth(api_key)
+            )
+            for _ in range(2)
+        )
+    )
+    assert [r.status_code for r in responses] == [200, 200], [r.content for r in responses]
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_gateway_tells_the_engine_how_many_requests_are_on_their_way(
     api_key, gemma, monkeypatch
@@ -162,17 +176,7 @@ async def test_a_gateway_tells_the_engine_how_many_requests_are_on_their_way(
         await original_reserve(acct, model, tokens)
 
     monkeypatch.setattr(services, "_reserve", reserve)
-    client = AsyncClient()
-    body = {"model": "gemma-3-270m", "prompt": "Hello", "max_tokens": 1, "temperature": 0}
-    responses = await asyncio.gather(
-        *(
-            client.post(
-                "/v1/completions", body, content_type="application/json", headers=_auth(api_key)
-            )
-            for _ in range(2)
-        )
-    )
-    assert [r.status_code for r in responses] == [200, 200], [r.content for r in responses]
+    await _two_completions_at_once(api_key)
     # The first submitted said one more was coming; the second, none.
     assert hints == [1, 0]
     assert local._on_their_way[gemma.model_id] == 0
@@ -227,17 +231,7 @@ async def test_a_request_received_but_not_yet_routed_counts_as_on_its_way(
         return await original_route(*args, **kwargs)
 
     monkeypatch.setattr(services, "_route_resolve", route)
-    client = AsyncClient()
-    body = {"model": "gemma-3-270m", "prompt": "Hello", "max_tokens": 1, "temperature": 0}
-    responses = await asyncio.gather(
-        *(
-            client.post(
-                "/v1/completions", body, content_type="application/json", headers=_auth(api_key)
-            )
-            for _ in range(2)
-        )
-    )
-    assert [r.status_code for r in responses] == [200, 200], [r.content for r in responses]
+    await _two_completions_at_once(api_key)
     assert hints == [1, 0]
     assert requests_arriving() == 0
 
