@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_decode import (
     BIN,
     MODELS,
@@ -41,34 +42,11 @@ from bench_decode import (
     wait_until_ready,
 )
 
+from soak.server import process_tree, rss_bytes
+
+MIB = 1024 * 1024
+
 MODEL = "gemma-3-270m"
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 def setup(workdir: Path, name: str) -> tuple[dict, str]:
@@ -124,11 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             base = f"http://127.0.0.1:{port}"
             wait_until_ready(proc, f"{base}/ready", workdir / "workers.log")
             times = ttft(base, key, args.requests)
-            pids = tree(proc.pid)
             results["workers"] = {
                 "ttft_ms": times,
-                "rss_mib": sum(rss_mib(p) for p in pids),
-                "processes": len(pids),
+                "rss_mib": rss_bytes(proc.pid) / MIB,
+                "processes": len(process_tree(proc.pid)),
             }
         # In-process: two bare daphne gateways, each with its own engine.
         env, key = setup(workdir, "inproc")
@@ -145,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append((proc, port))
             times = ttft(f"http://127.0.0.1:{procs[0][1]}", key, args.requests)
             ttft(f"http://127.0.0.1:{procs[1][1]}", key, 2)
-            rss = sum(rss_mib(p) for proc, _ in procs for p in tree(proc.pid))
+            rss = sum(rss_bytes(proc.pid) for proc, _ in procs) / MIB
             results["in-process"] = {"ttft_ms": times, "rss_mib": rss, "processes": 2}
     w, i = results["workers"], results["in-process"]
     summary = {

@@ -49,13 +49,16 @@ def requests_arriving() -> int:
     return _arriving
 
 
-def request_routed() -> None:
-    """Called when this request reaches a model's backend: no longer arriving."""
+def _no_longer_arriving(ownership: _Ownership | None) -> None:
     global _arriving
-    ownership = _ownership.get()
     if ownership is not None and ownership.arriving:
         ownership.arriving = False
         _arriving -= 1
+
+
+def request_routed() -> None:
+    """Called when this request reaches a model's backend: no longer arriving."""
+    _no_longer_arriving(_ownership.get())
 
 
 def request_taken() -> None:
@@ -162,9 +165,7 @@ class request_context:
                 prometheus.REQUESTS_ABANDONED.inc()
             raise
         finally:
-            if ownership.arriving:  # ended before it was routed: refused, invalid, gone
-                ownership.arriving = False
-                _arriving -= 1
+            _no_longer_arriving(ownership)  # if it ended unrouted: refused, invalid, gone
             _ownership.reset(token)
         return _finish(request, response, started)
 

@@ -29,20 +29,19 @@ def _setup_django() -> None:
     django.setup()
 
 
-def _descendants(pid: int) -> list[int]:
-    """`pid`'s children, their children and so on (from /proc)."""
-    found: list[int] = []
+def process_tree(pid: int) -> list[int]:
+    """`pid`, its children, their children and so on (from /proc)."""
+    found = [pid]
     todo = [pid]
     while todo:
         parent = todo.pop()
         for task in Path(f"/proc/{parent}/task").glob("*"):
             try:
-                children = (task / "children").read_text().split()
+                children = [int(child) for child in (task / "children").read_text().split()]
             except OSError:  # the task ended meanwhile
                 continue
-            for child in map(int, children):
-                found.append(child)
-                todo.append(child)
+            found.extend(children)
+            todo.extend(children)
     return found
 
 
@@ -50,7 +49,7 @@ def rss_bytes(pid: int) -> int:
     """The resident memory of `pid` and all its descendants: the gateway and the
     model worker processes it started, where llama.cpp's weights and KV caches live."""
     total = 0
-    for each in [pid, *_descendants(pid)]:
+    for each in process_tree(pid):
         try:
             status = Path(f"/proc/{each}/status").read_text()
         except OSError:  # a child that ended meanwhile
