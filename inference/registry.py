@@ -236,6 +236,7 @@ def spec_for(model: LLMModel) -> ModelSpec:
         embeddings=model.embeddings,
         n_parallel=model.n_parallel,
         admission_window_ms=settings.LLMSITE_ADMISSION_WINDOW_MS,
+        nice=settings.LLMSITE_ENGINE_NICE,
     )
 
 

@@ -29,6 +29,9 @@ Variables (all optional):
   LLMSITE_MAX_QUEUE       jobs waiting on one engine before new requests get a 503 (64)
   LLMSITE_ADMISSION_WINDOW_MS  how long an idle engine may hold a first prompt while
                           the gateway has more requests for it on their way (20; 0: never)
+  LLMSITE_ENGINE_NICE     added to the nice value of each engine's threads, llama.cpp's
+                          compute threads included: the threads that hand tokens on
+                          wake promptly beside them (10; 0: as the process)
   LLMSITE_TENANT_QUEUE_SHARE  one tenant's jobs queued or running on one engine before
                           its new requests get a 429 (half of LLMSITE_MAX_QUEUE)
   LLMSITE_MAX_PROMPT_CHARS  characters of prompt a local model tokenizes for one request;
@@ -368,6 +371,7 @@ LLMSITE_N_THREADS = env_int("LLMSITE_N_THREADS", os.cpu_count() or 1, minimum=1)
 LLMSITE_LOAD_TIMEOUT = env_int("LLMSITE_LOAD_TIMEOUT", 30, minimum=1)
 LLMSITE_MAX_QUEUE = env_int("LLMSITE_MAX_QUEUE", 64, minimum=0)
 LLMSITE_ADMISSION_WINDOW_MS = env_int("LLMSITE_ADMISSION_WINDOW_MS", 20, minimum=0)
+LLMSITE_ENGINE_NICE = env_int("LLMSITE_ENGINE_NICE", 10, minimum=0, maximum=19)
 # One tenant's jobs queued or running on one engine, at most (the rest of the
 # queue stays for the others).
 LLMSITE_TENANT_QUEUE_SHARE = env_int(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 
-from inference.engine import Finished, SamplingParams, TextDelta, _split_stop
-from inference.registry import registry
+from inference.engine import Finished, LlamaEngine, SamplingParams, TextDelta, _split_stop
+from inference.registry import registry, spec_for
 
 pytestmark = pytest.mark.django_db
 
@@ -172,3 +176,35 @@ def test_close_finishes_queued_jobs_then_refuses_new_ones(gemma):
     assert [collect(h)[1].completion_tokens for h in queued] == [2, 2, 2]
     with pytest.raises(EngineClosed):
         engine.submit(tokens, SamplingParams(max_tokens=1))
+
+
+def _threads_nice() -> dict[int, int]:
+    """Every thread of this process: its id -> its nice value (Linux keeps one per thread)."""
+    nice = {}
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            stat = Path(f"/proc/self/task/{task}/stat").read_text()
+            # After the command's closing parenthesis: state is field 3, nice field 19.
+            nice[int(task)] = int(stat.rsplit(")", 1)[1].split()[16])
+    return nice
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread nice values: Linux")
+def test_the_engine_and_its_compute_threads_run_at_the_configured_nice_value(gemma):
+    """The engine thread and llama.cpp's compute threads (which it starts) yield
+    to the threads that pass tokens on; the rest of the process keeps its priority."""
+    before = _threads_nice()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    spec = dataclasses.replace(spec_for(gemma), n_ctx=256, n_parallel=1, n_threads=2, nice=3)
+    engine = LlamaEngine(spec)
+    try:
+        assert engine.wait_ready(60)
+        _, finished = collect(engine.submit([2, 651, 6037], SamplingParams(max_tokens=2)))
+        assert finished is not None and finished.completion_tokens == 2
+        started = {tid: n for tid, n in _threads_nice().items() if tid not in before}
+        # The engine thread and, for two compute threads, at least one of OpenMP's.
+        assert len(started) >= 2
+        assert set(started.values()) == {min(19, base + 3)}
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # this thread is untouched
+    finally:
+        engine.close()

@@ -29,6 +29,7 @@ async def test_channel_layer_round_trip():
         ("LLMSITE_DEBUG", "maybe"),
         ("LLMSITE_MAX_BODY_BYTES", "lots"),
         ("LLMSITE_ROUTER_STRATEGY", "fastest"),
+        ("LLMSITE_ENGINE_NICE", "20"),  # nice values stop at 19
     ],
 )
 def test_bad_configuration_fails_at_start_naming_the_variable(name, value):
