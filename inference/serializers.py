@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
+from django.utils.functional import cached_property
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
@@ -59,8 +61,34 @@ UNSUPPORTED = {
 }
 
 
+# Per thread: a top-level request serializer class -> its bound fields (see
+# StrictSerializer.fields).
+_bound_fields = threading.local()
+
+
 class StrictSerializer(serializers.Serializer):
     """Refuses fields it does not declare, naming the first one."""
+
+    @cached_property
+    def fields(self):
+        """The bound fields. DRF deep-copies every declared field for each new
+        serializer, which was 70% of validating a completion request (0.4 of
+        0.58 ms, on every /v1 call). A top-level serializer here reuses its
+        class's fields instead, bound to it anew: one set per thread, since a
+        validation runs to its end without yielding, so a thread never has two
+        of one class in use at once. A nested serializer, bound to its parent,
+        gets its own, as in DRF."""
+        if self.parent is not None:
+            return super().fields
+        per_thread = _bound_fields.__dict__
+        fields = per_thread.get(type(self))
+        if fields is None:
+            fields = per_thread[type(self)] = super().fields
+        else:
+            fields.serializer = self
+            for field in fields.values():
+                field.parent = self
+        return fields
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
