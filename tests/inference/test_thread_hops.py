@@ -1,8 +1,10 @@
 """The request path's crossings from the event loop to a thread, counted.
 
 Each crossing waits for a thread and for the GIL: issue #8 asks for one or two
-per request. Django's ASGI handler makes three of its own: the request_started
-signal, rendering the response (a DRF Response renders lazily) and closing it.
+per request. Django's ASGI handler makes two of its own: rendering the response
+(a DRF Response renders lazily) and closing it. Its third, for the sync
+receivers of request_started, is gone: llmsite.apps disconnects Django's two,
+which have nothing to do at a request's start here.
 A warm /v1 request (its key and route cached) adds two: authenticating (DRF's
 sync authentication reads the AuthGeneration counters) and committing its usage
 record; on the database quota path the reservation is a transaction of its own,
@@ -11,6 +13,10 @@ on Redis it is not a crossing. Django's middleware hooks run on the loop
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
@@ -23,7 +29,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # Django's own, per request, whatever the view.
 HANDLER = [
-    "Signal.asend.<locals>.sync_send",
     "SimpleTemplateResponse.render",
     "HttpResponseBase.close",
 ]
@@ -77,6 +82,27 @@ async def test_a_warm_request_crosses_to_a_thread_only_for_the_database(
     if quota_backend == "db":
         ours = ["APIView.initial", "quota_reserve", "Accounting._finish"]
     assert sorted(h for h in hops if h not in HANDLER) == sorted(ours), hops
+    assert "Signal.asend.<locals>.sync_send" not in hops  # no crossing before the middleware
+
+
+def test_request_started_has_no_receiver_that_would_cross_to_a_thread():
+    # In a process of its own: Django's test client reconnects close_old_connections.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.core.signals import request_started as s; "
+            "print('sync receivers:', len(s._live_receivers(None)[0]))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sync receivers: 0" in result.stdout
 
 
 async def test_a_long_prompt_is_planned_in_a_thread(api_key, gemma, monkeypatch):
