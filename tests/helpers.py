@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from asgiref.sync import async_to_sync
 from django import forms
@@ -8,6 +9,12 @@ from django.db import models
 from django.urls import reverse
 
 from accounts.models import AuditLog
+
+
+def embedded_env() -> dict[str, str]:
+    """This process's environment without DATABASE_URL and REDIS_URL: a `manage.py`
+    run in a subprocess gets the embedded defaults, whatever stores the suite uses."""
+    return {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
 
 
 def read_stream(response) -> str:

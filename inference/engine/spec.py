@@ -24,10 +24,8 @@ class ModelSpec:
     # their submitters say more are on their way, so that a burst is prefilled
     # in one batch (see LlamaEngine._gather). 0: never.
     admission_window_ms: float = 20.0
-    # Added to the engine thread's nice value, and so to llama.cpp's compute
-    # threads, which it starts. They spin at full speed from step to step, and
-    # on a machine with no core to spare a gateway or worker thread that wakes to
-    # hand a token on otherwise waits for a time slice (see LlamaEngine._run).
+    # Added to the nice value of the engine thread and of the compute threads it
+    # starts (why: LlamaEngine._run).
     nice: int = 0
 
 

@@ -14,7 +14,6 @@ on Redis it is not a crossing. Django's middleware hooks run on the loop
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -25,6 +24,7 @@ from django.test import AsyncClient
 from billing.services import limits_set
 from llmsite.apps import request_started_quiet
 from tests.conftest import quota_backends
+from tests.helpers import embedded_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,7 +102,7 @@ def test_request_started_has_no_receiver_that_would_cross_to_a_thread():
         capture_output=True,
         text=True,
         timeout=120,
-        env={k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}},
+        env=embedded_env(),
     )
     assert result.returncode == 0, result.stderr
     assert "sync receivers: 0" in result.stdout

@@ -10,6 +10,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from llmsite.env import ConfigError, env_networks
+from tests.helpers import embedded_env
 
 
 async def test_channel_layer_round_trip():
@@ -38,16 +39,10 @@ def test_bad_configuration_fails_at_start_naming_the_variable(name, value):
         capture_output=True,
         text=True,
         timeout=120,
-        env={**_env(), name: value},
+        env={**embedded_env(), name: value},
     )
     assert result.returncode != 0
     assert name in result.stderr
-
-
-def _env():
-    import os
-
-    return {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
 
 
 def test_allow_list_variable_is_parsed_and_checked(monkeypatch):
@@ -71,15 +66,12 @@ def test_allow_list_variable_is_parsed_and_checked(monkeypatch):
     [("LLMSITE_METRICS_ALLOW_IPS", "not-an-ip"), ("LLMSITE_METRICS_TOKEN", "short")],
 )
 def test_bad_metrics_settings_fail_at_start_naming_the_variable(name, value):
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     result = subprocess.run(
         [sys.executable, "manage.py", "check"],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**env, name: value},
+        env={**embedded_env(), name: value},
     )
     assert result.returncode != 0
     assert name in result.stderr
