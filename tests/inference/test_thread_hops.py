@@ -14,8 +14,10 @@ on Redis it is not a crossing. Django's middleware hooks run on the loop
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 
 import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
@@ -73,6 +75,9 @@ async def test_a_warm_request_crosses_to_a_thread_only_for_the_database(
     )
     client = AsyncClient()
     body = {**body, "max_tokens": 1, "temperature": 0}
+    # Requests per minute count per calendar minute: both requests in the same one.
+    if (into_minute := time.time() % 60) > 50:
+        await asyncio.sleep(60 - into_minute)
     first = await client.post(url, body, content_type="application/json", headers=_auth(api_key))
     assert first.status_code == 200, first.content  # and the caches are warm
     # As in a server: Django's test utilities (assertNumQueries) reconnect them.
