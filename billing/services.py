@@ -7,7 +7,7 @@ from decimal import Decimal
 from functools import cache
 
 from django.core.mail import send_mail
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -26,6 +26,7 @@ from billing.models import (
     TenantBilling,
     UsageRecord,
 )
+from llmsite.db import fetch_one_prepared
 
 
 def _rollup_add(record: UsageRecord) -> None:
@@ -103,14 +104,15 @@ def _insert_with_rollup(record: UsageRecord) -> None:
         "completion_tokens": record.completion_tokens,
         "cost": record.cost,
     }
+    db = connections[DEFAULT_DB_ALIAS]  # the proxy would look it up for every field
     rollup_field = {f.attname: f for f in DailyUsage._meta.concrete_fields}
-    params = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
-    params += [rollup_field[name].get_db_prep_save(v, connection) for name, v in rollup.items()]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        record.pk = cursor.fetchone()[0]
+    params = [f.get_db_prep_save(getattr(record, f.attname), db) for f in fields]
+    params += [rollup_field[name].get_db_prep_save(v, db) for name, v in rollup.items()]
+    row = fetch_one_prepared(sql, params)
+    assert row is not None  # RETURNING always gives the row
+    record.pk = row[0]
     record._state.adding = False
-    record._state.db = connection.alias
+    record._state.db = db.alias
 
 
 def usage_record(

@@ -10,10 +10,10 @@ and end: `pooled` gives it back as soon as each piece of work is done.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,6 +30,19 @@ def pooled(func: Callable[P, R]) -> Callable[P, R]:
             release()
 
     return run
+
+
+def fetch_one_prepared(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """Run a statement that every request runs, and return its first row: prepared
+    on the server where the backend can (llmsite.postgresql), so PostgreSQL plans
+    it once per pooled connection; through a plain cursor elsewhere."""
+    db = connections[DEFAULT_DB_ALIAS]
+    prepared = getattr(db, "fetch_one_prepared", None)
+    if prepared is not None:
+        return prepared(sql, params)
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def release() -> None:
