@@ -1,4 +1,5 @@
-"""Django's PostgreSQL backend, failing fast while the database is down.
+"""Django's PostgreSQL backend, failing fast while the database is down, and
+preparing the statement that every request runs (PreparedCursor).
 
 With a pool (settings: DATABASES OPTIONS "pool"), a request that finds no idle
 connection waits up to the pool's timeout for one. Under load that wait is
