@@ -57,18 +57,24 @@ class DatabaseOperations(PostgreSQLDatabaseOperations):
         return super().last_executed_query(cursor, sql, params)
 
 
-def _preparing(connection: psycopg.Connection) -> psycopg.Connection:
-    """Let PreparedCursor prepare. Django sets psycopg's prepare_threshold to None,
-    which turns preparation off on the connection even where asked for. The ORM's
-    queries bind on the client, which never prepares, so a threshold no count
-    reaches leaves them as they were."""
-    if connection.prepare_threshold is None:
-        connection.prepare_threshold = 2**31 - 1
-    return connection
+# psycopg's prepare_threshold where Django gives None: a count no statement
+# reaches, so only PreparedCursor's statements are prepared.
+PREPARE_ONLY_WHEN_ASKED = 2**31 - 1
 
 
 class DatabaseWrapper(PostgreSQLDatabaseWrapper):
     ops_class = DatabaseOperations
+
+    def get_connection_params(self) -> dict[str, Any]:
+        """Django's, except that PreparedCursor may prepare. Django sets psycopg's
+        prepare_threshold to None, which turns preparation off on the connection
+        even where asked for. The ORM's queries bind on the client, which never
+        prepares, so a threshold no count reaches leaves them as they were. The
+        pool opens its connections with these parameters too."""
+        params = super().get_connection_params()
+        if params.get("prepare_threshold") is None:
+            params["prepare_threshold"] = PREPARE_ONLY_WHEN_ASKED
+        return params
 
     def fetch_one_prepared(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
         """Run `sql` as a prepared statement and return its first row. Through
@@ -90,7 +96,7 @@ class DatabaseWrapper(PostgreSQLDatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         pool = self.pool
         if pool is None:
-            return _preparing(super().get_new_connection(conn_params))
+            return super().get_new_connection(conn_params)
         try:
             connection = super().get_new_connection(conn_params)
         except (self.Database.OperationalError, self.Database.InterfaceError):
@@ -101,7 +107,7 @@ class DatabaseWrapper(PostgreSQLDatabaseWrapper):
         # every `getconn`. Two threads racing here (one up, one down) cost at
         # most one long wait or one short one before the next outcome corrects it.
         pool.timeout = self._pool_timeout()
-        return _preparing(connection)
+        return connection
 
     def close(self) -> None:
         if self.connection is not None and self.connection.broken and self.pool is not None:
