@@ -50,6 +50,11 @@ class Accounting:
     written: bool = False
     # Response headers the service decided (the router's x-llmsite-model/-route).
     headers: dict[str, str] = field(default_factory=dict)
+    # Seconds spent reserving quota, and waiting on the backend that answered
+    # (to its first event when streamed, to the whole answer otherwise): the
+    # Server-Timing header's stages (server_timing).
+    quota_s: float = 0.0
+    backend_s: float | None = None
 
     def first_token(self) -> None:
         if self.first_token_at is None:
@@ -76,6 +81,14 @@ class Accounting:
             count_request=count_request,
             prices=prices_of(model) if model is not None else Prices(),
         )
+
+    def server_timing(self) -> str | None:
+        """The service's Server-Timing stages (W3C Server Timing; milliseconds), once a
+        backend answered: the middleware adds `total`, and what is left of it is the
+        gateway's own time (parsing, authentication, routing, prompt building)."""
+        if self.backend_s is None:
+            return None
+        return f"quota;dur={self.quota_s * 1000:.2f}, backend;dur={self.backend_s * 1000:.2f}"
 
     def rate_headers(self) -> dict[str, str]:
         return self.reservation.headers() if self.reservation else {}

@@ -179,7 +179,11 @@ def _view(acct: Accounting) -> Accounted:
 
 
 def _headers(acct: Accounting) -> dict[str, str]:
-    return {**acct.rate_headers(), **acct.headers}
+    headers = {**acct.rate_headers(), **acct.headers}
+    timing = acct.server_timing()
+    if timing is not None:
+        headers["Server-Timing"] = timing
+    return headers
 
 
 def _as_api_error(exc: Exception, acct: Accounting) -> APIError:
@@ -521,16 +525,23 @@ async def _text_attempt(spec: _Text, data: dict, acct: Accounting, attempt: _Att
         GenerateRequest(kind=spec.kind, data=data, owner=_owner(acct))
     )
     acct.prompt_tokens = gen.prompt_tokens
+    reserving = time.monotonic()
     try:
         await _reserve(acct, attempt.model, gen.reserve_tokens)
     except BaseException:
         await gen.close()
         raise
+    finally:
+        acct.quota_s += time.monotonic() - reserving
+    started = time.monotonic()
     await gen.start(attempt.timeout)
     if data["stream"]:
+        acct.backend_s = time.monotonic() - started
         return gen, None
     # A failure before the whole answer is in may still fall back: nothing was sent.
-    return gen, await _collect(spec, data, gen, acct)
+    collected = await _collect(spec, data, gen, acct)
+    acct.backend_s = time.monotonic() - started
+    return gen, collected
 
 
 async def _collect(

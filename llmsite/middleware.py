@@ -116,6 +116,11 @@ def _finish(request, response, started: float):
     elapsed = time.perf_counter() - started
     response["x-request-id"] = request.request_id
     response["openai-processing-ms"] = str(int(elapsed * 1000))
+    # Server Timing (W3C): a service may have named its stages; `total` is this
+    # middleware's span, so what the stages leave of it is the gateway's own.
+    total = f"total;dur={elapsed * 1000:.2f}"
+    stages = response.get("Server-Timing")
+    response["Server-Timing"] = f"{stages}, {total}" if stages else total
     match = getattr(request, "resolver_match", None)
     prometheus.http_observe(
         # The URL pattern, not the path: one label per route, whatever the ids in it.

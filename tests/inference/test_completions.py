@@ -114,6 +114,37 @@ def test_logprobs_are_log_probabilities_of_the_chosen_tokens(client):
     assert "".join(lp["tokens"]) == r.json()["choices"][0]["text"]
 
 
+def server_timing(response) -> dict[str, float]:
+    """A Server-Timing header's metrics: name -> dur (ms); each named once."""
+    metrics = {}
+    for metric in response["Server-Timing"].split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        (dur,) = [float(p.removeprefix("dur=")) for p in params if p.startswith("dur=")]
+        assert name not in metrics and dur >= 0, response["Server-Timing"]
+        metrics[name] = dur
+    return metrics
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_server_timing_splits_the_answer_into_quota_backend_and_total(client, stream):
+    r = post(client, prompt="The capital of France is", max_tokens=3, temperature=0, stream=stream)
+    assert r.status_code == 200
+    if stream:
+        assert sse_events(r)[-1] == "data: [DONE]"
+    timing = server_timing(r)
+    assert set(timing) == {"quota", "backend", "total"}
+    assert timing["backend"] > 0
+    # The stages lie inside the middleware's span, which openai-processing-ms also reports.
+    assert timing["quota"] + timing["backend"] <= timing["total"] + 0.02
+    assert abs(timing["total"] - int(r["openai-processing-ms"])) < 1.01
+
+
+def test_a_refused_request_has_only_the_total_timing(client):
+    r = post(client, prompt="Hi", max_tokens=0)
+    assert r.status_code == 400
+    assert set(server_timing(r)) == {"total"}
+
+
 def test_stream_sends_chunks_with_one_id_then_usage_then_done(client):
     r = post(
         client,
