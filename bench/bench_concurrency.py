@@ -20,6 +20,11 @@ turn it is has work; the others sit idle.
   TTFT            = first token - that client's request start (median and p99 over
                     every request of the measured rounds)
 
+llmsite's TTFT is also split by its Server-Timing header: its own time (gateway:
+parsing, authentication, routing, prompt building), quota, the backend (engine
+and worker hops, to the first token), and what lies outside the server's span
+(HTTP, daphne, this client): medians over the same requests.
+
 Client i sends the same prompt in every round, as a user repeating a request
 would, so every server's prompt cache can answer it. With --fresh-prompts each
 round numbers its prompts ("..., part 7."): no request repeats an earlier one,
@@ -100,6 +105,12 @@ class Level:
     aggregate: list[float] = field(default_factory=list)  # tok/s, one per round
     ttft: list[float] = field(default_factory=list)  # seconds, every request
     tokens: list[int] = field(default_factory=list)  # per request
+    # llmsite: each request's TTFT split by its Server-Timing header (ms; split_of).
+    splits: list[dict[str, float]] = field(default_factory=list)
+
+    def split_median_ms(self, stage: str) -> float:
+        values = [s[stage] for s in self.splits]
+        return statistics.median(values) if values else math.nan
 
     @property
     def tps(self) -> float:
@@ -132,10 +143,34 @@ def prompt_for(i: int, part: int | None = None) -> str:
     return f"Write a long story about {subject}, part {part}."
 
 
+SPLIT_STAGES = ("gateway", "quota", "backend", "outside")
+
+
+def server_timing(value: str | None) -> dict[str, float]:
+    """A Server-Timing header's metrics: name -> dur (ms)."""
+    metrics = {}
+    for metric in (value or "").split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        for param in params:
+            if param.startswith("dur="):
+                metrics[name] = float(param[4:])
+    return metrics
+
+
+def split_of(timing: dict[str, float], ttft_s: float) -> dict[str, float] | None:
+    """One request's TTFT in stages (ms), when its server named them (llmsite does)."""
+    if not {"quota", "backend", "total"} <= timing.keys() or math.isnan(ttft_s):
+        return None
+    gateway = timing["total"] - timing["quota"] - timing["backend"]
+    outside = ttft_s * 1000 - timing["total"]
+    return {"gateway": gateway, "quota": timing["quota"], "backend": timing["backend"],
+            "outside": outside}  # fmt: skip
+
+
 def stream_one(
     client: httpx.Client, url: str, payload: dict, headers: dict
-) -> tuple[float, float, int]:
-    """(start, first token, tokens) of one streamed completion."""
+) -> tuple[float, float, int, dict[str, float]]:
+    """(start, first token, tokens, Server-Timing metrics) of one streamed completion."""
     start = time.perf_counter()
     first = math.nan
     tokens = 0
@@ -143,6 +178,7 @@ def stream_one(
         if response.status_code != 200:
             response.read()
             raise BenchError(f"POST {url} answered {response.status_code}: {response.text[:300]}")
+        timing = server_timing(response.headers.get("server-timing"))
         for line in response.iter_lines():
             if not line.startswith("data:"):
                 continue
@@ -157,7 +193,7 @@ def stream_one(
                 tokens += 1
                 if tokens == 1:
                     first = time.perf_counter()
-    return start, first, tokens
+    return start, first, tokens, timing
 
 
 def run_round(
@@ -166,8 +202,8 @@ def run_round(
     make_payload: Callable[[int, int | None], dict],
     headers: dict,
     part: int | None = None,
-) -> tuple[float, list[float], list[int]]:
-    results: list[tuple[float, float, int] | BaseException] = [None] * n  # type: ignore[list-item]
+) -> tuple[float, list[float], list[int], list[dict[str, float]]]:
+    results: list[tuple[float, float, int, dict] | BaseException] = [None] * n  # type: ignore[list-item]
     barrier = threading.Barrier(n)
 
     def client_thread(i: int) -> None:
@@ -189,7 +225,9 @@ def run_round(
     done = time.perf_counter()
     starts = [r[0] for r in results]
     tokens = [r[2] for r in results]
-    return sum(tokens) / (done - min(starts)), [r[1] - r[0] for r in results], tokens
+    ttfts = [r[1] - r[0] for r in results]
+    splits = [s for r, t in zip(results, ttfts) if (s := split_of(r[3], t)) is not None]
+    return sum(tokens) / (done - min(starts)), ttfts, tokens, splits
 
 
 @dataclass
@@ -205,7 +243,7 @@ class Target:
 
 def one_round(
     n: int, target: Target, result: SystemResult, part: int | None = None
-) -> tuple[float, list[float], list[int]] | None:
+) -> tuple[float, list[float], list[int], list[dict[str, float]]] | None:
     """One round against `target`; a failure drops the system from the rest of the run."""
     try:
         return run_round(n, target.url, target.make_payload, target.headers, part)
@@ -233,11 +271,12 @@ def measure(targets: list[Target], cfg: Config) -> dict[str, SystemResult]:
                 result = results[target.name]
                 if result.error or (done := one_round(n, target, result, parts[r + 1])) is None:
                     continue
-                tps, ttfts, tokens = done
+                tps, ttfts, tokens, splits = done
                 level = levels[target.name]
                 level.aggregate.append(tps)
                 level.ttft += ttfts
                 level.tokens += tokens
+                level.splits += splits
                 log(
                     f"  {target.name}: {n} clients, round {r + 1}/{cfg.rounds}: {tps:.1f} tok/s, "
                     f"TTFT median {statistics.median(ttfts) * 1000:.0f} ms, "
@@ -396,6 +435,15 @@ def table(cfg: Config, results: list[SystemResult]) -> str:
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
         for row in [header, ["-" * w for w in widths], *rows]
     ]
+    if site and any(site.levels[n].splits for n in cfg.clients):
+        lines.append("llmsite TTFT by Server-Timing, medians in ms:")
+        for n in cfg.clients:
+            level = site.levels[n]
+            if level.splits:
+                stages = ", ".join(
+                    f"{stage} {level.split_median_ms(stage):.1f}" for stage in SPLIT_STAGES
+                )
+                lines.append(f"  @{n}: {stages}")
     lines += [f"{r.name}: skipped: {r.error.splitlines()[0]}" for r in results if r.error]
     lines += [
         f"{r.name}: other processes kept {r.other_cpu:.2f} cores busy"
@@ -432,6 +480,11 @@ def summary(cfg: Config, results: list[SystemResult]) -> dict[str, Any]:
                         "ttft_median_ms": num(level.ttft_median_ms),
                         "ttft_p99_ms": num(level.ttft_p99_ms),
                         "tokens": level.tokens,
+                        "ttft_split_median_ms": {
+                            stage: num(level.split_median_ms(stage)) for stage in SPLIT_STAGES
+                        }
+                        if level.splits
+                        else None,
                     }
                     for n, level in r.levels.items()
                 },
