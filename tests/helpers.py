@@ -17,6 +17,12 @@ def embedded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
 
 
+def no_eos(engine) -> dict[int, float]:
+    """logit_bias that keeps Gemma from ending its turn (its <eos> and <end_of_turn>)."""
+    ends = engine.tokenize("<eos><end_of_turn>", add_bos=False, special=True)
+    return {token: -100.0 for token in ends}
+
+
 def read_stream(response) -> str:
     """The whole body of a streaming response whose content is an async iterator."""
 

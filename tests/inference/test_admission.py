@@ -26,6 +26,7 @@ from inference.backends import local
 from inference.engine import Finished, LlamaEngine, SamplingParams
 from inference.registry import spec_for
 from llmsite.middleware import requests_arriving
+from tests.helpers import no_eos
 
 pytestmark = pytest.mark.django_db
 
@@ -121,8 +122,7 @@ def test_a_request_that_never_comes_costs_one_window_once(engine_with_window):
 def test_a_busy_engine_admits_at_once(engine_with_window):
     engine = engine_with_window(60_000)
     prompt = engine.tokenize("Already decoding")
-    ends = engine.tokenize("<eos><end_of_turn>", add_bos=False, special=True)
-    endless = SamplingParams(max_tokens=400, temperature=0, logit_bias=dict.fromkeys(ends, -100.0))
+    endless = SamplingParams(max_tokens=400, temperature=0, logit_bias=no_eos(engine))
     long = engine.submit(prompt, endless)
     assert long.started.wait(30)
     # Sequences are decoding: a new prompt joins the next step, hint or not.

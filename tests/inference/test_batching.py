@@ -14,6 +14,7 @@ import pytest
 from inference.engine import Finished, LlamaEngine, SamplingParams, TextDelta
 from inference.registry import registry, spec_for
 from inference.services import _tokenize_chat
+from tests.helpers import no_eos
 
 pytestmark = pytest.mark.django_db
 
@@ -45,12 +46,6 @@ def collect(handle):
         elif isinstance(event, Finished):
             finished = event
     return text, finished
-
-
-def no_eos(engine) -> dict[int, float]:
-    """logit_bias that keeps the model from ending its turn."""
-    ends = engine.tokenize("<eos><end_of_turn>", add_bos=False, special=True)
-    return {token: -100.0 for token in ends}
 
 
 def word_prompt(word: str) -> str:

@@ -16,6 +16,7 @@ import pytest
 from inference.engine import EmbeddingResult, Finished, LlamaEngine, SamplingParams, TextDelta
 from inference.engine.scheduler import fair_pick
 from inference.registry import spec_for
+from tests.helpers import no_eos
 
 pytestmark = pytest.mark.django_db
 
@@ -28,11 +29,6 @@ def small_engine(gemma):
     assert engine.wait_ready(60)
     yield engine
     engine.close()
-
-
-def no_eos(engine) -> dict[int, float]:
-    ends = engine.tokenize("<eos><end_of_turn>", add_bos=False, special=True)
-    return {token: -100.0 for token in ends}
 
 
 def long_inputs(engine, n: int) -> list[list[int]]:

