@@ -30,10 +30,16 @@ would, so every server's prompt cache can answer it. With --fresh-prompts each
 round numbers its prompts ("..., part 7."): no request repeats an earlier one,
 and only the shared beginning can come from a cache.
 
+Each client opens a new connection for its request by default. With
+--keep-alive it opens it first with a GET /v1/models, before the clients
+start together, and streams on that warm connection, as an SDK that keeps its
+connections alive does for every request after its first: TTFT then leaves
+out the TCP handshake and the server's accepting of a connection.
+
 The median aggregate over rounds is reported, with llmsite's ratio to each peer.
 
     .venv/bin/python bench/bench_concurrency.py [--clients 1,4,8,16] [--rounds 2]
-        [--fresh-prompts] [--json]
+        [--fresh-prompts] [--keep-alive] [--json]
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ class Config:
     web_processes: int = 1  # llmsite's gateway processes (manage.py serve --processes)
     model_id: str = LLMSITE_MODEL  # what llmsite serves from model_path
     stores: str = "sqlite"  # llmsite's database and quota store: sqlite, postgres-redis
+    keep_alive: bool = False  # each client's connection opened before the round starts
 
 
 @dataclass
@@ -196,12 +203,21 @@ def stream_one(
     return start, first, tokens, timing
 
 
+def warm_connection(client: httpx.Client, url: str, headers: dict) -> None:
+    """Open the client's connection with a request that generates nothing."""
+    models = url.rsplit("/v1/", 1)[0] + "/v1/models"
+    response = client.get(models, headers=headers)
+    if response.status_code != 200:
+        raise BenchError(f"GET {models} answered {response.status_code}: {response.text[:300]}")
+
+
 def run_round(
     n: int,
     url: str,
     make_payload: Callable[[int, int | None], dict],
     headers: dict,
     part: int | None = None,
+    keep_alive: bool = False,
 ) -> tuple[float, list[float], list[int], list[dict[str, float]]]:
     results: list[tuple[float, float, int, dict] | BaseException] = [None] * n  # type: ignore[list-item]
     barrier = threading.Barrier(n)
@@ -209,6 +225,8 @@ def run_round(
     def client_thread(i: int) -> None:
         with http_client() as client:
             try:
+                if keep_alive:
+                    warm_connection(client, url, headers)
                 barrier.wait()
                 results[i] = stream_one(client, url, make_payload(i, part), headers)
             except BaseException as exc:  # reported below, in the main thread
@@ -242,11 +260,15 @@ class Target:
 
 
 def one_round(
-    n: int, target: Target, result: SystemResult, part: int | None = None
+    n: int,
+    target: Target,
+    result: SystemResult,
+    part: int | None = None,
+    keep_alive: bool = False,
 ) -> tuple[float, list[float], list[int], list[dict[str, float]]] | None:
     """One round against `target`; a failure drops the system from the rest of the run."""
     try:
-        return run_round(n, target.url, target.make_payload, target.headers, part)
+        return run_round(n, target.url, target.make_payload, target.headers, part, keep_alive)
     except (BenchError, httpx.HTTPError, OSError) as exc:
         log(f"  {target.name}: dropped: {exc}")
         result.error = f"{type(exc).__name__}: {exc}"
@@ -264,12 +286,15 @@ def measure(targets: list[Target], cfg: Config) -> dict[str, SystemResult]:
         # no round's prompts were seen before (the warm-up's included).
         parts = [n * 1000 + r if cfg.fresh else None for r in range(cfg.rounds + 1)]
         for target in live:
-            one_round(n, target, results[target.name], parts[0])  # warm-up, not counted
+            one_round(n, target, results[target.name], parts[0], cfg.keep_alive)  # warm-up
         for r in range(cfg.rounds):
             turn = r % len(live) if live else 0
             for target in live[turn:] + live[:turn]:
                 result = results[target.name]
-                if result.error or (done := one_round(n, target, result, parts[r + 1])) is None:
+                if result.error:
+                    continue
+                done = one_round(n, target, result, parts[r + 1], cfg.keep_alive)
+                if done is None:
                     continue
                 tps, ttfts, tokens, splits = done
                 level = levels[target.name]
@@ -466,6 +491,7 @@ def summary(cfg: Config, results: list[SystemResult]) -> dict[str, Any]:
             "threads": cfg.threads,
             "slots": cfg.slots,
             "fresh_prompts": cfg.fresh,
+            "keep_alive": cfg.keep_alive,
             "cpu_count": os.cpu_count(),
         },
         "systems": [
@@ -521,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         "--fresh-prompts", action="store_true", help="a new prompt per client every round"
     )
     parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="each client's connection opened (GET /v1/models) before its round starts",
+    )
+    parser.add_argument(
         "--web-processes", type=int, default=1, help="llmsite gateway processes (serve)"
     )
     parser.add_argument("--model", choices=MODELS, default=LLMSITE_MODEL)
@@ -547,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         web_processes=args.web_processes,
         model_id=args.model,
         stores=args.stores,
+        keep_alive=args.keep_alive,
     )
     if cfg.stores == "postgres-redis" and not (
         os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")
@@ -573,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{cfg.max_tokens} tokens per client, EOS banned, {cfg.threads} threads, "
         f"{cfg.slots} slots, median of {cfg.rounds} rounds, "
         + ("a new prompt every round" if cfg.fresh else "the same prompts every round")
+        + (", connections opened before each round" if cfg.keep_alive else "")
     )
     print(table(cfg, results))
     if args.json:
